@@ -7,6 +7,7 @@
 # The repo root comes from this file's location, not the caller's cwd, so the
 # scripts work from anywhere (tests run them from their own temp dirs).
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+# shellcheck disable=SC2034 # used by the scripts that source this file
 readonly REPO_ROOT
 
 log() { printf '%s: %s\n' "${LOG_PREFIX:-tickpipe}" "$*"; }
@@ -41,7 +42,9 @@ is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 
 # check_port NAME VALUE: a port must be a number in 1..65535.
 check_port() {
-  is_uint "$2" && (($2 >= 1 && $2 <= 65535)) || die "$1 must be a port number (1-65535), got '$2'"
+  if ! is_uint "$2" || (($2 < 1 || $2 > 65535)); then
+    die "$1 must be a port number (1-65535), got '$2'"
+  fi
 }
 
 # free_ports N: print N distinct ports that are free on 127.0.0.1, one a line.
