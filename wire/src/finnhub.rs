@@ -220,6 +220,11 @@ struct RawFrame<'a> {
 
 /// Decodes one server frame in place. The buffer is modified (strings are unescaped in
 /// it) and the result borrows from it.
+///
+/// `data` is read as a list of trades whatever the frame's type, because Finnhub writes
+/// `type` after `data` and the parser makes one pass. A frame of an unknown type whose
+/// `data` is not a list of trades is therefore reported as [`DecodeError::Malformed`],
+/// not [`Frame::Unknown`]; either way it is refused and counted, only the label differs.
 pub fn decode(buf: &mut [u8]) -> Result<Frame<'_>, DecodeError> {
     let raw: RawFrame<'_> =
         simd_json::serde::from_slice(buf).map_err(|e| DecodeError::Malformed(e.to_string()))?;

@@ -1,0 +1,345 @@
+//! Routing and batching: user records into per-shard Kinesis requests.
+//!
+//! The batcher runs on its own thread. It takes chunks of user records from the source,
+//! predicts each record's shard from the MD5 of its partition key, and packs the records
+//! of each shard into a buffer of their own:
+//!
+//! - with aggregation on, into one KPL aggregated record per shard, sealed when the next
+//!   record would not fit or when its oldest trade has waited `linger`; each sealed record
+//!   is one request;
+//! - with aggregation off, into a list of plain records, sent when it reaches 500 records,
+//!   the request byte cap, or `linger`.
+//!
+//! A batch goes to its shard's service queue; when that queue is full the batcher blocks,
+//! which in turn fills the channel from the source and stops the websocket reader.
+//!
+//! One aggregated record per request is what keeps one symbol's trades in order across
+//! retries: a request either fails or succeeds as one unit per shard, and a shard's next
+//! request waits until the previous one is acknowledged. With aggregation off, a request
+//! holds many records of a shard, and Kinesis may accept a later one while refusing an
+//! earlier one; their retry then lands after it. That mode trades order under partial
+//! failure for one-trade-per-record simplicity, and says so in its flag's help.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use tokio::sync::mpsc;
+use tracing::error;
+use wire::kpl::Aggregator;
+use wire::limits::{PUT_RECORDS_MAX_RECORDS, RECORD_MAX_BYTES};
+use wire::shard::ShardMap;
+
+use crate::decode::Chunk;
+use crate::stats::{Dropped, Stats};
+
+/// One Kinesis record on its way to PutRecords.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub partition_key: String,
+    pub data: Vec<u8>,
+    /// Receive time of each trade inside, microseconds since the epoch.
+    pub receive_times: Vec<u64>,
+}
+
+impl Entry {
+    /// Bytes Kinesis counts against its limits: data plus partition key.
+    pub fn billed_bytes(&self) -> usize {
+        self.data.len() + self.partition_key.len()
+    }
+
+    pub fn trades(&self) -> u64 {
+        self.receive_times.len() as u64
+    }
+}
+
+/// The records of one PutRecords request, all predicted to land on one shard.
+#[derive(Debug)]
+pub struct Batch {
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatcherConfig {
+    pub aggregation: bool,
+    pub aggregate_max_bytes: usize,
+    pub max_request_bytes: usize,
+    pub linger: Duration,
+}
+
+#[derive(Default)]
+struct ShardBuffer {
+    agg: Aggregator,
+    agg_key_len: usize,
+    agg_times: Vec<u64>,
+    plain: Vec<Entry>,
+    plain_bytes: usize,
+    /// When the oldest trade still buffered here arrived.
+    since: Option<Instant>,
+}
+
+pub struct Batcher {
+    config: BatcherConfig,
+    map: ShardMap,
+    /// Shard index per partition key; symbols are few, MD5 per trade is not free.
+    shard_of: HashMap<String, usize>,
+    shards: Vec<ShardBuffer>,
+    outs: Vec<mpsc::Sender<Batch>>,
+    stats: Arc<Stats>,
+}
+
+impl Batcher {
+    pub fn new(
+        config: BatcherConfig,
+        map: ShardMap,
+        outs: Vec<mpsc::Sender<Batch>>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        assert_eq!(map.len(), outs.len(), "one service queue per shard");
+        let shards = (0..map.len()).map(|_| ShardBuffer::default()).collect();
+        Self { config, map, shard_of: HashMap::new(), shards, outs, stats }
+    }
+
+    /// Runs until the source hangs up, then flushes everything and returns.
+    pub fn run(mut self, rx: Receiver<Chunk>) {
+        loop {
+            let msg = match self.next_deadline() {
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match msg {
+                Ok(chunk) => self.route(&chunk),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.flush_due(Instant::now());
+        }
+        for i in 0..self.shards.len() {
+            self.flush(i);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.shards.iter().filter_map(|s| s.since).min().map(|t| t + self.config.linger)
+    }
+
+    fn shard_index(&mut self, key: &str) -> usize {
+        if let Some(&i) = self.shard_of.get(key) {
+            return i;
+        }
+        let i = self.map.index_of(wire::shard::hash_key(key));
+        self.shard_of.insert(key.to_owned(), i);
+        i
+    }
+
+    /// Routes every record of a chunk to its shard's buffer.
+    pub fn route(&mut self, chunk: &Chunk) {
+        let now = Instant::now();
+        let mut added = 0usize;
+        for (key, data, rt) in chunk.iter() {
+            if data.len() + key.len() > RECORD_MAX_BYTES {
+                // Only a trade with an absurd list of condition codes gets here.
+                self.stats.drop_trades(Dropped::TooLarge, 1);
+                error!(
+                    symbol = key,
+                    bytes = data.len(),
+                    "dropped a trade larger than a Kinesis record"
+                );
+                continue;
+            }
+            let i = self.shard_index(key);
+            added += data.len() + key.len();
+            if self.config.aggregation {
+                self.push_aggregated(i, key, data, rt, now);
+            } else {
+                self.push_plain(i, key, data, rt, now);
+            }
+        }
+        self.stats.buffered_bytes.fetch_add(added as i64, Relaxed);
+    }
+
+    fn push_aggregated(&mut self, i: usize, key: &str, data: &[u8], rt: u64, now: Instant) {
+        let max = self.config.aggregate_max_bytes;
+        let s = &self.shards[i];
+        // The aggregated record travels under its first user record's partition key,
+        // which Kinesis bills along with the data.
+        if !s.agg.is_empty() && s.agg.len_with(key, data.len()) + s.agg_key_len > max {
+            self.flush(i);
+        }
+        let s = &mut self.shards[i];
+        if s.agg.is_empty() {
+            s.agg_key_len = key.len();
+        }
+        s.agg.push(key, data);
+        s.agg_times.push(rt);
+        s.since.get_or_insert(now);
+    }
+
+    fn push_plain(&mut self, i: usize, key: &str, data: &[u8], rt: u64, now: Instant) {
+        let s = &self.shards[i];
+        let bytes = data.len() + key.len();
+        if s.plain.len() == PUT_RECORDS_MAX_RECORDS
+            || s.plain_bytes + bytes > self.config.max_request_bytes
+        {
+            self.flush(i);
+        }
+        let s = &mut self.shards[i];
+        s.plain.push(Entry {
+            partition_key: key.to_owned(),
+            data: data.to_vec(),
+            receive_times: vec![rt],
+        });
+        s.plain_bytes += bytes;
+        s.since.get_or_insert(now);
+    }
+
+    fn flush_due(&mut self, now: Instant) {
+        for i in 0..self.shards.len() {
+            if self.shards[i].since.is_some_and(|t| now >= t + self.config.linger) {
+                self.flush(i);
+            }
+        }
+    }
+
+    /// Sends whatever shard `i` has buffered as one batch.
+    fn flush(&mut self, i: usize) {
+        let s = &mut self.shards[i];
+        s.since = None;
+        let entries = if let Some((data, partition_key)) = s.agg.finish() {
+            let receive_times = std::mem::take(&mut s.agg_times);
+            vec![Entry { partition_key, data, receive_times }]
+        } else {
+            s.plain_bytes = 0;
+            std::mem::take(&mut s.plain)
+        };
+        if entries.is_empty() {
+            return;
+        }
+        if let Err(mpsc::error::SendError(batch)) = self.outs[i].blocking_send(Batch { entries }) {
+            // The service only goes away when the shutdown deadline has passed.
+            let lost: u64 = batch.entries.iter().map(Entry::trades).sum();
+            self.stats.drop_trades(Dropped::ShutdownDeadline, lost);
+            error!(shard = i, trades = lost, "dropped trades: shard service has stopped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::RecordSpan;
+    use proptest::prelude::*;
+    use wire::limits::PUT_RECORDS_MAX_BYTES;
+
+    fn chunk(records: &[(&str, usize)]) -> Chunk {
+        let mut c = Chunk::default();
+        for (i, (key, len)) in records.iter().enumerate() {
+            c.keys.push_str(key);
+            // Each record's bytes name its position so order can be checked afterwards.
+            let mut data = format!("{i:08}").into_bytes();
+            data.resize((*len).max(8), b'.');
+            c.data.extend_from_slice(&data);
+            c.records.push(RecordSpan {
+                key_end: c.keys.len() as u32,
+                data_end: c.data.len() as u32,
+                rt_us: i as u64,
+            });
+        }
+        c
+    }
+
+    fn batcher(config: BatcherConfig, shards: usize) -> (Batcher, Vec<mpsc::Receiver<Batch>>) {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| mpsc::channel(100_000)).unzip();
+        let b = Batcher::new(config, ShardMap::uniform(shards), txs, Arc::new(Stats::default()));
+        (b, rxs)
+    }
+
+    fn drain(rxs: &mut [mpsc::Receiver<Batch>]) -> Vec<(usize, Batch)> {
+        let mut out = Vec::new();
+        for (i, rx) in rxs.iter_mut().enumerate() {
+            while let Ok(b) = rx.try_recv() {
+                out.push((i, b));
+            }
+        }
+        out
+    }
+
+    /// The user records inside an entry, as (key, record position).
+    fn unpack(e: &Entry) -> Vec<(String, usize)> {
+        wire::kpl::deaggregate(bytes::Bytes::from(e.data.clone()), &e.partition_key)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.partition_key, std::str::from_utf8(&r.data[..8]).unwrap().parse().unwrap()))
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn batches_respect_limits_keep_order_and_lose_nothing(
+            records in prop::collection::vec((0usize..12, 8usize..3000), 1..2000),
+            aggregation in any::<bool>(),
+            aggregate_max in 1024usize..200_000,
+        ) {
+            let keys: Vec<String> = (0..12).map(|i| format!("SYM{i}")).collect();
+            let input: Vec<(&str, usize)> = records.iter().map(|(k, n)| (keys[*k].as_str(), *n)).collect();
+            let config = BatcherConfig {
+                aggregation,
+                aggregate_max_bytes: aggregate_max,
+                max_request_bytes: RECORD_MAX_BYTES,
+                linger: Duration::from_secs(60),
+            };
+            let (mut b, mut rxs) = batcher(config, 4);
+            let map = ShardMap::uniform(4);
+            b.route(&chunk(&input));
+            for i in 0..4 { b.flush(i); }
+            let mut seen_per_key: HashMap<String, Vec<usize>> = HashMap::new();
+            let mut total = 0;
+            for (shard, batch) in drain(&mut rxs) {
+                prop_assert!(batch.entries.len() <= PUT_RECORDS_MAX_RECORDS);
+                let bytes: usize = batch.entries.iter().map(Entry::billed_bytes).sum();
+                prop_assert!(bytes <= PUT_RECORDS_MAX_BYTES);
+                if aggregation {
+                    prop_assert_eq!(batch.entries.len(), 1);
+                }
+                for e in &batch.entries {
+                    prop_assert!(e.billed_bytes() <= RECORD_MAX_BYTES);
+                    let inside = unpack(e);
+                    // Only a record too big to share may exceed the aggregate cap.
+                    if aggregation && inside.len() > 1 {
+                        prop_assert!(e.billed_bytes() <= aggregate_max);
+                    }
+                    for (key, pos) in inside {
+                        prop_assert_eq!(map.index_of(wire::shard::hash_key(&key)), shard);
+                        seen_per_key.entry(key).or_default().push(pos);
+                        total += 1;
+                    }
+                }
+            }
+            prop_assert_eq!(total, input.len());
+            for positions in seen_per_key.values() {
+                prop_assert!(positions.windows(2).all(|w| w[0] < w[1]), "order broken");
+            }
+        }
+    }
+
+    #[test]
+    fn linger_flushes_a_partly_filled_shard() {
+        let config = BatcherConfig {
+            aggregation: true,
+            aggregate_max_bytes: 256 * 1024,
+            max_request_bytes: RECORD_MAX_BYTES,
+            linger: Duration::from_millis(5),
+        };
+        let (mut b, mut rxs) = batcher(config, 2);
+        b.route(&chunk(&[("AAPL", 100)]));
+        assert!(drain(&mut rxs).is_empty());
+        let due = b.next_deadline().expect("a shard has data");
+        b.flush_due(due);
+        let batches = drain(&mut rxs);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].1.entries[0].trades(), 1);
+        assert!(b.next_deadline().is_none());
+    }
+}
