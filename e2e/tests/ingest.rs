@@ -1,0 +1,195 @@
+//! The ingestor end to end: a scripted Finnhub feed over a real websocket, the ingestor,
+//! and the local Kinesis stand-in. Every valid trade must arrive exactly once and in
+//! order per symbol; malformed frames, unknown types and invalid numbers must be counted
+//! and skipped without stopping anything.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use aws_sdk_kinesis::types::ShardIteratorType;
+use clap::Parser;
+use e2e::{create_stream, kinesis_config, unique_name, wait_for};
+use ingestor::config::IngestorConfig;
+use ingestor::stats::{Rejected, Stats};
+use loadgen::feed::{Feed, FeedConfig, Script, ScriptFrame, ScriptTrade};
+use tokio::sync::oneshot;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    config: IngestorConfig,
+}
+
+const SYMBOLS: [&str; 6] = ["AAPL", "MSFT", "BINANCE:BTCUSDT", "OANDA:EUR_USD", "TSLA", "NVDA"];
+
+/// A deterministic script: `frames` trade frames of 1 to 17 trades each, with bad frames
+/// of every kind mixed in. Returns the script and the valid trades in send order.
+fn script(frames: usize) -> (Script, Vec<ScriptTrade>) {
+    let mut out = Vec::new();
+    let mut valid = Vec::new();
+    let mut n = 0u64;
+    for f in 0..frames {
+        let mut trades = Vec::new();
+        for _ in 0..(f % 17 + 1) {
+            let symbol = SYMBOLS[(n * 7 % 6) as usize];
+            let trade = ScriptTrade {
+                symbol: symbol.to_owned(),
+                price: 100.0 + (n % 97) as f64 * 0.25,
+                time_ms: 1_700_000_000_000 + n * 13,
+                volume: (n % 9) as f64,
+                conditions: if n % 5 == 0 { vec!["1".into(), "12".into()] } else { vec![] },
+            };
+            n += 1;
+            valid.push(trade.clone());
+            trades.push(trade);
+        }
+        out.push(ScriptFrame::Trades(trades));
+        match f % 10 {
+            3 => out.push(ScriptFrame::Text(b"{\"type\":\"trade\",\"data\":[{".to_vec())),
+            5 => out.push(ScriptFrame::Text(br#"{"type":"news","items":[]}"#.to_vec())),
+            7 => out.push(ScriptFrame::Text(
+                br#"{"type":"trade","data":[{"s":"AAPL","p":"12x","t":1,"v":1}]}"#.to_vec(),
+            )),
+            9 => out.push(ScriptFrame::Trades(vec![ScriptTrade {
+                symbol: "AAPL".into(),
+                price: -1.0,
+                time_ms: 1,
+                volume: 1.0,
+                conditions: vec![],
+            }])),
+            _ => {}
+        }
+    }
+    (Script::new(out).wait_for(SYMBOLS), valid)
+}
+
+/// Reads every record of every shard and returns the user records inside, decoded.
+async fn read_stream(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> anyhow::Result<Vec<wire::record::UserRecord>> {
+    let shards = client.list_shards().stream_name(stream).send().await?;
+    let mut out = Vec::new();
+    for shard in shards.shards() {
+        let mut iterator = client
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(shard.shard_id())
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await?
+            .shard_iterator
+            .expect("an open shard has an iterator");
+        loop {
+            let page = client.get_records().shard_iterator(&iterator).send().await?;
+            for r in page.records() {
+                let data = bytes::Bytes::copy_from_slice(r.data().as_ref());
+                for user in wire::kpl::deaggregate(data, r.partition_key().unwrap_or_default())? {
+                    let rec = wire::record::decode(&user.data)?;
+                    assert_eq!(rec.symbol, user.partition_key, "partition key is the symbol");
+                    out.push(rec);
+                }
+            }
+            match page.next_shard_iterator {
+                Some(next) if !page.records().is_empty() => iterator = next,
+                _ => break,
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn ingest_script(aggregation: &str) -> anyhow::Result<()> {
+    let sdk = kinesis_config().await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let stream = unique_name("ingest");
+    create_stream(&kinesis, &stream, 4).await?;
+
+    let (script, sent) = script(120);
+    let feed = Feed::new(FeedConfig::scripted(script))?;
+    let feed_handle = feed.handle();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let feed_addr = listener.local_addr()?;
+    let (stop_feed, feed_stopped) = oneshot::channel::<()>();
+    let feed_task = tokio::spawn(feed.serve(listener, async {
+        let _ = feed_stopped.await;
+    }));
+
+    let config = Cli::try_parse_from([
+        "ingestor",
+        "--url",
+        &format!("ws://{feed_addr}/"),
+        "--symbols",
+        &SYMBOLS.join(","),
+        "--stream",
+        &stream,
+        "--aggregation",
+        aggregation,
+        "--linger",
+        "10ms",
+        "--metrics-listen",
+        "off",
+    ])?
+    .config;
+    let stats = Arc::new(Stats::default());
+    let client = ingestor::kinesis_client(&sdk, &config);
+    let (stop_ingestor, ingestor_stopped) = oneshot::channel::<()>();
+    let ingestor_task = tokio::spawn(ingestor::run(config, client, stats.clone(), async {
+        let _ = ingestor_stopped.await;
+    }));
+
+    tokio::time::timeout(Duration::from_secs(60), feed_handle.script_done()).await?;
+    let expected = sent.len() as u64;
+    wait_for("the ingestor to acknowledge every trade", Duration::from_secs(60), || async {
+        let s = stats.summary();
+        Ok((s.received == expected && s.acked == expected).then_some(()))
+    })
+    .await?;
+    let _ = stop_ingestor.send(());
+    let report = ingestor_task.await??;
+    let _ = stop_feed.send(());
+    feed_task.await??;
+
+    assert!(report.summary.lossless(), "{:?}", report.summary);
+    assert_eq!(report.summary.received, expected);
+    // Twelve of each bad kind went out (frames 3, 5, 7 and 9 of every ten).
+    assert_eq!(stats.rejected_frames(Rejected::Malformed), 24, "truncated JSON and '12x' prices");
+    assert_eq!(stats.rejected_frames(Rejected::UnknownType), 12);
+    assert_eq!(stats.trades_invalid.load(Relaxed), 12, "negative prices");
+
+    let got = read_stream(&kinesis, &stream).await?;
+    assert_eq!(got.len(), sent.len(), "every valid trade exactly once");
+    // One ingestor numbered the trades in receive order, so seq maps back to `sent`.
+    let src = &got[0].src;
+    let mut by_symbol: HashMap<&str, Vec<u64>> = HashMap::new();
+    let mut seen = vec![false; sent.len()];
+    for rec in &got {
+        assert_eq!(&rec.src, src);
+        let original = &sent[rec.seq as usize];
+        assert!(!seen[rec.seq as usize], "trade {} arrived twice", rec.seq);
+        seen[rec.seq as usize] = true;
+        assert_eq!(rec.symbol, original.symbol);
+        assert_eq!(rec.price, original.price);
+        assert_eq!(rec.time_ms, original.time_ms);
+        assert_eq!(rec.volume, original.volume);
+        assert_eq!(rec.conditions, original.conditions);
+        by_symbol.entry(original.symbol.as_str()).or_default().push(rec.seq);
+    }
+    // Records of a shard come back in write order; a symbol lives on one shard.
+    for (symbol, seqs) in by_symbol {
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{symbol} out of order: {seqs:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregated_trades_arrive_once_and_in_order() -> anyhow::Result<()> {
+    ingest_script("on").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_trades_arrive_once_and_in_order() -> anyhow::Result<()> {
+    ingest_script("off").await
+}
