@@ -1,1 +1,80 @@
-fn main() {}
+//! Frame decoding: simd-json zero-copy (what the ingestor runs) against serde_json on the
+//! same bytes, for frames of 1, 10 and 100 trades. Throughput reads as trades/s.
+//!
+//! `cargo bench -p tickpipe-benches --bench decode`
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use serde::Deserialize;
+use wire::finnhub::{Conditions, Trade, write_trade_frame};
+
+/// A frame shaped like Finnhub's: US equities with condition codes on some trades.
+fn frame(trades: usize) -> Vec<u8> {
+    let symbols = ["AAPL", "MSFT", "NVDA", "BINANCE:BTCUSDT", "AMZN"];
+    let list: Vec<Trade<'_>> = (0..trades)
+        .map(|i| Trade {
+            symbol: symbols[i % symbols.len()],
+            price: 146.76 + i as f64 * 0.01,
+            time_ms: 1_628_238_530_221 + i as u64,
+            volume: (i % 300 + 1) as f64,
+            conditions: if i % 3 == 0 {
+                ["1", "24", "12"].into_iter().collect()
+            } else {
+                Conditions::default()
+            },
+        })
+        .collect();
+    let mut out = Vec::new();
+    write_trade_frame(&mut out, &list);
+    out
+}
+
+/// The same shape for serde_json, borrowing strings where it can.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct JsonFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(borrow)]
+    data: Vec<JsonTrade<'a>>,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct JsonTrade<'a> {
+    s: &'a str,
+    p: f64,
+    t: u64,
+    v: f64,
+    #[serde(borrow, default)]
+    c: Option<Vec<&'a str>>,
+}
+
+fn decode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decode");
+    for trades in [1usize, 10, 100] {
+        let bytes = frame(trades);
+        group.throughput(Throughput::Elements(trades as u64));
+        let mut buffers = simd_json::Buffers::default();
+        let mut scratch = bytes.clone();
+        group.bench_with_input(BenchmarkId::new("simd_json", trades), &bytes, |b, bytes| {
+            b.iter(|| {
+                // simd-json parses in place, so each run starts from a fresh copy.
+                scratch.copy_from_slice(bytes);
+                let frame = wire::finnhub::decode_with_buffers(&mut scratch, &mut buffers)
+                    .expect("the bench frame is valid");
+                std::hint::black_box(&frame);
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("serde_json", trades), &bytes, |b, bytes| {
+            b.iter(|| {
+                let frame: JsonFrame<'_> =
+                    serde_json::from_slice(bytes).expect("the bench frame is valid");
+                std::hint::black_box(&frame);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode);
+criterion_main!(benches);
