@@ -26,11 +26,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
-use tracing::error;
+use tracing::{error, info};
 use wire::kpl::Aggregator;
 use wire::limits::{PUT_RECORDS_MAX_RECORDS, RECORD_MAX_BYTES};
-use wire::shard::ShardMap;
+use wire::shard::{Shard, ShardMap};
 
 use crate::decode::Chunk;
 use crate::stats::{Dropped, Stats};
@@ -42,6 +43,8 @@ pub struct Entry {
     pub data: Vec<u8>,
     /// Receive time of each trade inside, microseconds since the epoch.
     pub receive_times: Vec<u64>,
+    /// Bytes of the user records inside, as counted against the buffer cap.
+    pub budget: usize,
 }
 
 impl Entry {
@@ -74,11 +77,21 @@ struct ShardBuffer {
     agg: Aggregator,
     agg_key_len: usize,
     agg_times: Vec<u64>,
+    agg_budget: usize,
     plain: Vec<Entry>,
     plain_bytes: usize,
     /// When the oldest trade still buffered here arrived.
     since: Option<Instant>,
 }
+
+/// A running shard service: its queue and, when it runs on a runtime, its task.
+pub struct ShardHandle {
+    pub queue: mpsc::Sender<Batch>,
+    pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts the service of one shard.
+pub type ServiceFactory = Box<dyn FnMut(&Shard) -> ShardHandle + Send>;
 
 pub struct Batcher {
     config: BatcherConfig,
@@ -86,7 +99,8 @@ pub struct Batcher {
     /// Shard index per partition key; symbols are few, MD5 per trade is not free.
     shard_of: HashMap<String, usize>,
     shards: Vec<ShardBuffer>,
-    outs: Vec<mpsc::Sender<Batch>>,
+    services: Vec<ShardHandle>,
+    start_service: ServiceFactory,
     stats: Arc<Stats>,
 }
 
@@ -94,16 +108,23 @@ impl Batcher {
     pub fn new(
         config: BatcherConfig,
         map: ShardMap,
-        outs: Vec<mpsc::Sender<Batch>>,
+        mut start_service: ServiceFactory,
         stats: Arc<Stats>,
     ) -> Self {
-        assert_eq!(map.len(), outs.len(), "one service queue per shard");
         let shards = (0..map.len()).map(|_| ShardBuffer::default()).collect();
-        Self { config, map, shard_of: HashMap::new(), shards, outs, stats }
+        let services = map.shards().iter().map(&mut start_service).collect();
+        stats.shards.store(map.len(), Relaxed);
+        Self { config, map, shard_of: HashMap::new(), shards, services, start_service, stats }
     }
 
-    /// Runs until the source hangs up, then flushes everything and returns.
-    pub fn run(mut self, rx: Receiver<Chunk>) {
+    /// Runs until the source hangs up, then flushes everything, waits for the shard
+    /// services to drain on `runtime`, and returns.
+    ///
+    /// A new shard map arriving on `maps` (the stream was resharded) is applied between
+    /// chunks: everything buffered is flushed to the old services, they are drained, and
+    /// only then do the new services start. A symbol that moves to another shard thus
+    /// never has a newer trade written before an older one is acknowledged.
+    pub fn run(mut self, rx: Receiver<Chunk>, maps: Receiver<ShardMap>, runtime: Handle) {
         loop {
             let msg = match self.next_deadline() {
                 Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
@@ -115,10 +136,36 @@ impl Batcher {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             self.flush_due(Instant::now());
+            if let Some(map) = maps.try_iter().last()
+                && map != self.map
+            {
+                self.remap(map, &runtime);
+            }
         }
+        self.drain(&runtime);
+    }
+
+    /// Flushes every shard and waits until its service has sent everything.
+    fn drain(&mut self, runtime: &Handle) {
         for i in 0..self.shards.len() {
             self.flush(i);
         }
+        let tasks: Vec<_> = self.services.drain(..).filter_map(|s| s.task).collect();
+        runtime.block_on(async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+    }
+
+    fn remap(&mut self, map: ShardMap, runtime: &Handle) {
+        info!(old_shards = self.map.len(), new_shards = map.len(), "shard map changed; draining");
+        self.drain(runtime);
+        self.shards = (0..map.len()).map(|_| ShardBuffer::default()).collect();
+        self.services = map.shards().iter().map(&mut self.start_service).collect();
+        self.shard_of.clear();
+        self.stats.shards.store(map.len(), Relaxed);
+        self.map = map;
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -174,6 +221,7 @@ impl Batcher {
         }
         s.agg.push(key, data);
         s.agg_times.push(rt);
+        s.agg_budget += data.len() + key.len();
         s.since.get_or_insert(now);
     }
 
@@ -190,6 +238,7 @@ impl Batcher {
             partition_key: key.to_owned(),
             data: data.to_vec(),
             receive_times: vec![rt],
+            budget: bytes,
         });
         s.plain_bytes += bytes;
         s.since.get_or_insert(now);
@@ -209,7 +258,8 @@ impl Batcher {
         s.since = None;
         let entries = if let Some((data, partition_key)) = s.agg.finish() {
             let receive_times = std::mem::take(&mut s.agg_times);
-            vec![Entry { partition_key, data, receive_times }]
+            let budget = std::mem::take(&mut s.agg_budget);
+            vec![Entry { partition_key, data, receive_times, budget }]
         } else {
             s.plain_bytes = 0;
             std::mem::take(&mut s.plain)
@@ -217,10 +267,12 @@ impl Batcher {
         if entries.is_empty() {
             return;
         }
-        if let Err(mpsc::error::SendError(batch)) = self.outs[i].blocking_send(Batch { entries }) {
+        let queue = &self.services[i].queue;
+        if let Err(mpsc::error::SendError(batch)) = queue.blocking_send(Batch { entries }) {
             // The service only goes away when the shutdown deadline has passed.
             let lost: u64 = batch.entries.iter().map(Entry::trades).sum();
             self.stats.drop_trades(Dropped::ShutdownDeadline, lost);
+            self.stats.release(batch.entries.iter().map(|e| e.budget).sum());
             error!(shard = i, trades = lost, "dropped trades: shard service has stopped");
         }
     }
@@ -252,7 +304,13 @@ mod tests {
 
     fn batcher(config: BatcherConfig, shards: usize) -> (Batcher, Vec<mpsc::Receiver<Batch>>) {
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| mpsc::channel(100_000)).unzip();
-        let b = Batcher::new(config, ShardMap::uniform(shards), txs, Arc::new(Stats::default()));
+        let mut txs = txs.into_iter();
+        let factory: ServiceFactory = Box::new(move |_shard: &Shard| ShardHandle {
+            queue: txs.next().expect("one queue per shard"),
+            task: None,
+        });
+        let b =
+            Batcher::new(config, ShardMap::uniform(shards), factory, Arc::new(Stats::default()));
         (b, rxs)
     }
 

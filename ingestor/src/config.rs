@@ -64,10 +64,32 @@ pub struct IngestorConfig {
     #[arg(long, env = "TICKPIPE_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024)]
     pub max_request_bytes: usize,
 
-    /// Frames buffered between the websocket and the batcher. When full, the ingestor
-    /// stops reading the websocket until Kinesis catches up.
+    /// Frames buffered between the websocket and the batcher.
     #[arg(long, env = "TICKPIPE_CHANNEL_FRAMES", default_value_t = 4096)]
     pub channel_frames: usize,
+
+    /// Most bytes of trades held between the websocket and Kinesis' acknowledgement.
+    /// At the cap the ingestor stops reading the websocket until Kinesis catches up.
+    #[arg(long, env = "TICKPIPE_MAX_BUFFERED_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_buffered_bytes: usize,
+
+    /// Drop a Kinesis record instead of sending it once its oldest trade has waited this
+    /// long (such as 30s). Unset: never drop for age; the websocket waits instead.
+    #[arg(long, env = "TICKPIPE_RECORD_TTL", value_parser = parse_duration)]
+    pub record_ttl: Option<Duration>,
+
+    /// Share of each shard's write limits (1,000 records/s, 1 MiB/s) to use, 0.05 to 1.0.
+    #[arg(long, env = "TICKPIPE_SHARD_RATE_FRACTION", default_value_t = 0.95)]
+    pub shard_rate_fraction: f64,
+
+    /// Do not pace writes per shard (for on-demand streams, whose shard limits vary).
+    #[arg(long, env = "TICKPIPE_NO_SHARD_RATE_LIMIT")]
+    pub no_shard_rate_limit: bool,
+
+    /// How often to re-read the shard map; it is also re-read at once when a record lands
+    /// on an unexpected shard.
+    #[arg(long, env = "TICKPIPE_SHARD_REFRESH", value_parser = parse_duration, default_value = "60s")]
+    pub shard_refresh: Duration,
 
     /// Largest websocket message accepted, in bytes.
     #[arg(long, env = "TICKPIPE_MAX_FRAME_BYTES", default_value_t = 1024 * 1024)]
@@ -197,6 +219,24 @@ impl IngestorConfig {
         if self.channel_frames == 0 {
             return Err(bad("channel-frames", "must be at least 1"));
         }
+        // A frame's user records are up to about four times its size (each trade gains
+        // src, seq and rt), and the cap must hold at least two frames' worth to move.
+        let min_buffer = 8 * self.max_frame_bytes;
+        if self.max_buffered_bytes < min_buffer {
+            return Err(bad(
+                "max-buffered-bytes",
+                format!("must be at least 8 x --max-frame-bytes ({min_buffer})"),
+            ));
+        }
+        if !(0.05..=1.0).contains(&self.shard_rate_fraction) {
+            return Err(bad("shard-rate-fraction", "must be between 0.05 and 1.0"));
+        }
+        if self.record_ttl.is_some_and(|t| t < Duration::from_millis(100)) {
+            return Err(bad("record-ttl", "must be at least 100ms"));
+        }
+        if self.shard_refresh < Duration::from_secs(1) {
+            return Err(bad("shard-refresh", "must be at least 1s"));
+        }
         if !(1024..=64 * 1024 * 1024).contains(&self.max_frame_bytes) {
             return Err(bad("max-frame-bytes", "must be between 1024 and 67108864"));
         }
@@ -305,6 +345,10 @@ mod tests {
         assert!(e.contains("needs a unit"), "{e}");
         let e = parse(&["--symbols", " , "]).unwrap_err();
         assert!(e.contains("--symbols"), "{e}");
+        let e = parse(&["--shard-rate-fraction", "1.5"]).unwrap_err();
+        assert!(e.contains("--shard-rate-fraction"), "{e}");
+        let e = parse(&["--max-buffered-bytes", "1000"]).unwrap_err();
+        assert!(e.contains("--max-buffered-bytes"), "{e}");
         let e = parse(&["--metrics-listen", "nowhere"]).unwrap_err();
         assert!(e.contains("host:port"), "{e}");
     }

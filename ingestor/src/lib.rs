@@ -24,6 +24,7 @@
 pub mod batcher;
 pub mod config;
 pub mod decode;
+pub mod limiter;
 pub mod metrics;
 pub mod retry;
 pub mod service;
@@ -36,12 +37,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tokio::sync::{mpsc, watch};
+use tokio::runtime::Handle;
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::{error, info, warn};
+use wire::limits::{SHARD_MAX_BYTES_PER_SEC, SHARD_MAX_RECORDS_PER_SEC};
+use wire::shard::{Shard, ShardMap};
 
-use crate::batcher::{Batcher, BatcherConfig};
+use crate::batcher::{Batcher, BatcherConfig, ServiceFactory, ShardHandle};
 use crate::config::{Aggregation, IngestorConfig, Listen};
 use crate::decode::Decoder;
+use crate::limiter::ShardLimiter;
 use crate::retry::Backoff;
 use crate::service::ShardService;
 use crate::source::{FeedUrl, Source};
@@ -129,25 +134,50 @@ pub async fn run(
             .await
             .with_context(|| format!("--metrics-listen: cannot listen on {addr}"))?;
         info!(addr = %listener.local_addr()?, "metrics at /metrics");
-        tokio::spawn(metrics::serve(listener, stats.clone(), shard_count, stop_rx.clone()));
+        tokio::spawn(metrics::serve(listener, stats.clone(), stop_rx.clone()));
     }
 
     let backoff = Backoff { base: config.retry_min, max: config.retry_max };
-    let mut queues = Vec::with_capacity(shard_count);
-    let mut services = Vec::with_capacity(shard_count);
-    for shard in map.shards() {
-        let (tx, rx) = mpsc::channel(SHARD_QUEUE_BATCHES);
-        queues.push(tx);
+    let stale_map = Arc::new(Notify::new());
+    let fraction = config.shard_rate_fraction;
+    let service_config = config.clone();
+    let service_stats = stats.clone();
+    let service_client = client.clone();
+    let service_stale = stale_map.clone();
+    let runtime = Handle::current();
+    let spawner = runtime.clone();
+    let start_service: ServiceFactory = Box::new(move |shard: &Shard| {
+        let (queue, rx) = mpsc::channel(SHARD_QUEUE_BATCHES);
+        let limiter = (!service_config.no_shard_rate_limit).then(|| {
+            ShardLimiter::new(
+                f64::from(SHARD_MAX_RECORDS_PER_SEC) * fraction,
+                f64::from(SHARD_MAX_BYTES_PER_SEC) * fraction,
+                Instant::now(),
+            )
+        });
         let service = ShardService {
             shard_id: shard.id.clone(),
-            client: client.clone(),
-            stream: config.stream.clone(),
+            client: service_client.clone(),
+            stream: service_config.stream.clone(),
             backoff,
-            max_attempts: config.put_max_attempts,
-            stats: stats.clone(),
+            max_attempts: service_config.put_max_attempts,
+            limiter,
+            record_ttl: service_config.record_ttl,
+            stats: service_stats.clone(),
+            stale_map: service_stale.clone(),
         };
-        services.push(tokio::spawn(service.run(rx)));
-    }
+        ShardHandle { queue, task: Some(spawner.spawn(service.run(rx))) }
+    });
+
+    let (map_tx, map_rx) = crossbeam_channel::bounded(1);
+    tokio::spawn(refresh_shards(
+        client.clone(),
+        config.stream.clone(),
+        config.shard_refresh,
+        stale_map,
+        map_tx,
+        stop_rx.clone(),
+    ));
 
     let (chunk_tx, chunk_rx) = crossbeam_channel::bounded(config.channel_frames);
     let batcher = Batcher::new(
@@ -158,12 +188,12 @@ pub async fn run(
             linger: config.linger,
         },
         map,
-        queues,
+        start_service,
         stats.clone(),
     );
     let batcher = std::thread::Builder::new()
         .name("batcher".into())
-        .spawn(move || batcher.run(chunk_rx))
+        .spawn(move || batcher.run(chunk_rx, map_rx, runtime))
         .context("starting the batcher thread")?;
 
     let source = Source {
@@ -185,12 +215,8 @@ pub async fn run(
         deadline = ?deadline,
         "flushing buffered trades"
     );
-    let drain = async {
-        let _ = tokio::task::spawn_blocking(move || batcher.join()).await;
-        for s in services {
-            let _ = s.await;
-        }
-    };
+    // The batcher thread returns once its shard services have drained.
+    let drain = tokio::task::spawn_blocking(move || batcher.join());
     if tokio::time::timeout(deadline, drain).await.is_err() {
         let s = stats.summary();
         let lost = s.unaccounted();
@@ -225,4 +251,40 @@ pub async fn run(
         );
     }
     Ok(report)
+}
+
+/// Re-reads the shard map every `every`, and at once when a service reports a stale map,
+/// passing changed maps to the batcher. A failed read is logged and tried again later;
+/// the old map stays in use meanwhile, which costs only prediction accuracy.
+async fn refresh_shards(
+    client: aws_sdk_kinesis::Client,
+    stream: String,
+    every: Duration,
+    stale: Arc<Notify>,
+    maps: crossbeam_channel::Sender<ShardMap>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // A burst of mispredictions right after a reshard should cause one re-read, not
+    // one per record.
+    const MIN_GAP: Duration = Duration::from_secs(1);
+    let mut last: Option<ShardMap> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stale.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+        match shards::load(&client, &stream).await {
+            Ok(map) if last.as_ref() != Some(&map) => {
+                last = Some(map.clone());
+                // The batcher compares with its own map; an unchanged map costs nothing.
+                if maps.try_send(map).is_err() {
+                    warn!("shard map update skipped: the previous one is still pending");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "could not refresh the shard map"),
+        }
+        tokio::time::sleep(MIN_GAP).await;
+    }
 }

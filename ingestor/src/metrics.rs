@@ -15,12 +15,7 @@ use tracing::debug;
 use crate::stats::Stats;
 
 /// Serves metrics until shutdown.
-pub async fn serve(
-    listener: TcpListener,
-    stats: Arc<Stats>,
-    shards: usize,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, stats: Arc<Stats>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -36,7 +31,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let stats = stats.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &stats, shards)) }
+                async move { Ok::<_, Infallible>(respond(&req, &stats)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -45,13 +40,11 @@ pub async fn serve(
     }
 }
 
-fn respond<B>(req: &Request<B>, stats: &Stats, shards: usize) -> Response<Full<Bytes>> {
+fn respond<B>(req: &Request<B>, stats: &Stats) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            Bytes::from(stats.render_prometheus(shards)),
-        ),
+        (&Method::GET, "/metrics") => {
+            (StatusCode::OK, "text/plain; version=0.0.4", Bytes::from(stats.render_prometheus()))
+        }
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
         (&Method::GET, _) => {
             (StatusCode::NOT_FOUND, "text/plain", Bytes::from_static(b"try /metrics\n"))

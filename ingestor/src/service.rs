@@ -11,16 +11,18 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::{DisplayErrorContext, SdkError};
 use aws_sdk_kinesis::operation::put_records::PutRecordsError;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tracing::{error, warn};
 
 use crate::batcher::{Batch, Entry};
+use crate::limiter::ShardLimiter;
 use crate::retry::Backoff;
 use crate::source::now_us;
 use crate::stats::{Dropped, Stats};
@@ -75,23 +77,41 @@ pub struct ShardService {
     pub stream: String,
     pub backoff: Backoff,
     pub max_attempts: u32,
+    /// The shard's write budget; `None` leaves pacing to Kinesis (on-demand streams).
+    pub limiter: Option<ShardLimiter>,
+    /// Records whose oldest trade is older than this are dropped instead of sent.
+    pub record_ttl: Option<Duration>,
     pub stats: Arc<Stats>,
+    /// Woken when a record lands on another shard than predicted: the map is stale.
+    pub stale_map: Arc<Notify>,
 }
 
 impl ShardService {
     /// Sends batches until the batcher hangs up.
-    pub async fn run(self, mut rx: mpsc::Receiver<Batch>) {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Batch>) {
         while let Some(batch) = rx.recv().await {
             self.put(batch.entries).await;
         }
     }
 
-    async fn put(&self, mut pending: Vec<Entry>) {
-        let stats = &self.stats;
-        let batch_bytes: usize = pending.iter().map(Entry::billed_bytes).sum();
+    async fn put(&mut self, mut pending: Vec<Entry>) {
+        let stats = self.stats.clone();
         let mut attempt = 0u32;
         let mut last_error = String::new();
         loop {
+            if let Some(ttl) = self.record_ttl {
+                pending = self.drop_expired(pending, ttl);
+                if pending.is_empty() {
+                    return;
+                }
+            }
+            if let Some(limiter) = &mut self.limiter {
+                let bytes = pending.iter().map(Entry::billed_bytes).sum();
+                let wait = limiter.reserve(pending.len(), bytes, Instant::now());
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+            }
             let records = pending
                 .iter()
                 .map(|e| {
@@ -118,6 +138,7 @@ impl ShardService {
                     let mut failed = Vec::new();
                     let mut throttled = 0u64;
                     let now = now_us();
+                    let mut mispredicted = 0u64;
                     for (i, entry) in pending.into_iter().enumerate() {
                         // A response shorter than the request would be a service bug;
                         // treating the missing results as failures loses nothing.
@@ -128,7 +149,7 @@ impl ShardService {
                         match r.error_code() {
                             None => {
                                 if r.shard_id().is_some_and(|s| s != self.shard_id) {
-                                    stats.shard_mispredictions.fetch_add(1, Relaxed);
+                                    mispredicted += 1;
                                 }
                                 self.acked(&entry, now);
                             }
@@ -142,6 +163,13 @@ impl ShardService {
                         }
                     }
                     stats.records_throttled.fetch_add(throttled, Relaxed);
+                    if mispredicted > 0 {
+                        stats.shard_mispredictions.fetch_add(mispredicted, Relaxed);
+                        self.stale_map.notify_one();
+                    }
+                    if let Some(limiter) = &mut self.limiter {
+                        if throttled > 0 { limiter.throttled() } else { limiter.accepted() }
+                    }
                     if failed.is_empty() {
                         break;
                     }
@@ -153,6 +181,13 @@ impl ShardService {
                     if failure == Failure::Fatal {
                         self.drop_all(&pending, Dropped::Rejected, &last_error);
                         break;
+                    }
+                    if matches!(
+                        &e,
+                        SdkError::ServiceError(c)
+                            if matches!(c.err(), PutRecordsError::ResourceNotFoundException(_))
+                    ) {
+                        self.stale_map.notify_one();
                     }
                     if failure == Failure::RetryUncertain {
                         stats.requests_uncertain.fetch_add(1, Relaxed);
@@ -178,7 +213,6 @@ impl ShardService {
             }
             tokio::time::sleep(delay).await;
         }
-        stats.buffered_bytes.fetch_sub(batch_bytes as i64, Relaxed);
     }
 
     fn acked(&self, entry: &Entry, now: u64) {
@@ -187,11 +221,25 @@ impl ShardService {
         s.kinesis_records_put.fetch_add(1, Relaxed);
         s.kinesis_bytes_put.fetch_add(entry.billed_bytes() as u64, Relaxed);
         s.record_latencies(now, entry.receive_times.iter().copied());
+        s.release(entry.budget);
+    }
+
+    /// Drops the entries whose oldest trade has waited longer than `ttl`.
+    fn drop_expired(&self, pending: Vec<Entry>, ttl: Duration) -> Vec<Entry> {
+        let cutoff = now_us().saturating_sub(ttl.as_micros() as u64);
+        let (expired, live): (Vec<Entry>, Vec<Entry>) = pending
+            .into_iter()
+            .partition(|e| e.receive_times.iter().min().is_some_and(|&t| t < cutoff));
+        if !expired.is_empty() {
+            self.drop_all(&expired, Dropped::Expired, "record time to live passed");
+        }
+        live
     }
 
     fn drop_all(&self, entries: &[Entry], why: Dropped, cause: &str) {
         let trades: u64 = entries.iter().map(Entry::trades).sum();
         self.stats.drop_trades(why, trades);
+        self.stats.release(entries.iter().map(|e| e.budget).sum());
         error!(
             shard = %self.shard_id,
             trades,

@@ -311,9 +311,11 @@ impl Source {
                 OpCode::Text => {
                     let rt = now_us();
                     if let Decoded::Trades(chunk) = self.decoder.decode(frame.payload.to_mut(), rt)
-                        && let Err(e) = self.hand_off(chunk)
                     {
-                        return (Err(e), received);
+                        self.wait_for_room().await;
+                        if let Err(e) = self.hand_off(chunk) {
+                            return (Err(e), received);
+                        }
                     }
                 }
                 OpCode::Binary => {
@@ -326,7 +328,31 @@ impl Source {
         }
     }
 
+    /// Waits while the producer holds as many bytes as it may. Not reading the socket
+    /// meanwhile is the backpressure: TCP tells the feed to slow down.
+    async fn wait_for_room(&self) {
+        let max = self.config.max_buffered_bytes as i64;
+        let mut waited = false;
+        loop {
+            let released = self.stats.released.notified();
+            let mut released = std::pin::pin!(released);
+            // Registered before the check, so a release between the check and the wait
+            // still wakes us.
+            released.as_mut().enable();
+            if self.stats.buffered_bytes.load(Relaxed) < max {
+                return;
+            }
+            if !waited {
+                waited = true;
+                self.stats.backpressure_waits.fetch_add(1, Relaxed);
+            }
+            released.await;
+        }
+    }
+
     fn hand_off(&self, chunk: Chunk) -> Result<(), SourceError> {
+        let bytes = (chunk.data.len() + chunk.keys.len()) as i64;
+        self.stats.buffered_bytes.fetch_add(bytes, Relaxed);
         match self.out.try_send(chunk) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(chunk)) => {
@@ -334,10 +360,15 @@ impl Source {
                 // Blocking here is the point: the socket is not read until the producer
                 // has room. block_in_place lets the runtime move other tasks off this
                 // worker meanwhile.
-                tokio::task::block_in_place(|| self.out.send(chunk))
-                    .map_err(|_| SourceError::ProducerGone)
+                tokio::task::block_in_place(|| self.out.send(chunk)).map_err(|_| {
+                    self.stats.release(bytes as usize);
+                    SourceError::ProducerGone
+                })
             }
-            Err(TrySendError::Disconnected(_)) => Err(SourceError::ProducerGone),
+            Err(TrySendError::Disconnected(_)) => {
+                self.stats.release(bytes as usize);
+                Err(SourceError::ProducerGone)
+            }
         }
     }
 }

@@ -7,9 +7,10 @@
 
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use hdrhistogram::Histogram;
+use tokio::sync::Notify;
 
 /// Why trades or frames were not passed on. The label values are a small fixed set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,11 +53,18 @@ pub enum Dropped {
     ShutdownDeadline,
     /// One trade larger than a whole Kinesis record.
     TooLarge,
+    /// Waited longer than the configured record time to live.
+    Expired,
 }
 
 impl Dropped {
-    const ALL: [Dropped; 4] =
-        [Self::RetriesExhausted, Self::Rejected, Self::ShutdownDeadline, Self::TooLarge];
+    const ALL: [Dropped; 5] = [
+        Self::RetriesExhausted,
+        Self::Rejected,
+        Self::ShutdownDeadline,
+        Self::TooLarge,
+        Self::Expired,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -64,6 +72,7 @@ impl Dropped {
             Self::Rejected => "rejected",
             Self::ShutdownDeadline => "shutdown_deadline",
             Self::TooLarge => "too_large",
+            Self::Expired => "expired",
         }
     }
 }
@@ -94,8 +103,13 @@ pub struct Stats {
     pub shard_mispredictions: AtomicU64,
     pub reconnects: AtomicU64,
     pub backpressure_waits: AtomicU64,
+    /// Bytes of user records handed to the producer and not yet acknowledged or dropped.
     pub buffered_bytes: AtomicI64,
     pub in_flight_requests: AtomicI64,
+    /// Open shards in the current shard map.
+    pub shards: AtomicUsize,
+    /// Signalled whenever buffered bytes are released, to wake a waiting reader.
+    pub released: Notify,
     latency_us: Mutex<Histogram<u64>>,
 }
 
@@ -121,6 +135,8 @@ impl Default for Stats {
             backpressure_waits: AtomicU64::new(0),
             buffered_bytes: AtomicI64::new(0),
             in_flight_requests: AtomicI64::new(0),
+            shards: AtomicUsize::new(0),
+            released: Notify::new(),
             latency_us: Mutex::new(
                 Histogram::new_with_max(LATENCY_MAX_US, 3)
                     .expect("3 significant digits up to one hour is a valid histogram"),
@@ -160,6 +176,12 @@ impl Stats {
         self.rejected_frames[why as usize].load(Relaxed)
     }
 
+    /// Bytes of user records that left the producer (acknowledged or dropped).
+    pub fn release(&self, bytes: usize) {
+        self.buffered_bytes.fetch_sub(bytes as i64, Relaxed);
+        self.released.notify_waiters();
+    }
+
     pub fn drop_trades(&self, why: Dropped, n: u64) {
         self.dropped[why as usize].fetch_add(n, Relaxed);
     }
@@ -193,7 +215,8 @@ impl Stats {
     }
 
     /// The counters in the Prometheus text exposition format.
-    pub fn render_prometheus(&self, shards: usize) -> String {
+    pub fn render_prometheus(&self) -> String {
+        let shards = self.shards.load(Relaxed);
         let mut out = String::with_capacity(4096);
         let mut counter = |name: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
@@ -345,7 +368,8 @@ mod tests {
         let s = Stats::default();
         s.reject_frame(Rejected::Malformed);
         s.record_latencies(1_000_000, [990_000u64, 995_000].into_iter());
-        let text = s.render_prometheus(4);
+        s.shards.store(4, Relaxed);
+        let text = s.render_prometheus();
         assert!(text.contains("tickpipe_frames_rejected_total{reason=\"malformed\"} 1"));
         assert!(text.contains("tickpipe_shards 4"));
         assert!(text.contains("tickpipe_ack_latency_seconds_count 2"));
