@@ -22,7 +22,8 @@ pub enum Aggregation {
     /// Pack user records into KPL aggregated records (one trade costs a fraction of a
     /// Kinesis record).
     On,
-    /// Write one Kinesis record per trade.
+    /// Write one Kinesis record per trade. A request that Kinesis accepts in part can
+    /// then reorder a symbol's trades when the refused ones are retried.
     Off,
 }
 

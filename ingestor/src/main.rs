@@ -14,11 +14,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Reads the Finnhub websocket trade feed and writes every trade to an Amazon Kinesis
 /// stream, shard-aware, aggregated and in order per symbol.
-///
-/// Exits 0 when every received trade was acknowledged by Kinesis, 1 when some were lost,
-/// 2 on a configuration error.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    after_help = "AWS endpoint, region and credentials come from the standard AWS environment \
+                  and config chain (AWS_REGION, AWS_ENDPOINT_URL_KINESIS, profiles, instance \
+                  roles).\n\nMetrics: GET /metrics on --metrics-listen (Prometheus text).\n\n\
+                  Exit status: 0 when every received trade was acknowledged by Kinesis, 1 when \
+                  some were lost, 2 on a configuration error."
+)]
 struct Cli {
     #[command(flatten)]
     config: ingestor::config::IngestorConfig,
