@@ -145,11 +145,16 @@ impl Batcher {
         self.drain(&runtime);
     }
 
-    /// Flushes every shard and waits until its service has sent everything.
-    fn drain(&mut self, runtime: &Handle) {
+    /// Sends whatever every shard has buffered, without waiting.
+    pub fn flush_all(&mut self) {
         for i in 0..self.shards.len() {
             self.flush(i);
         }
+    }
+
+    /// Flushes every shard and waits until its service has sent everything.
+    fn drain(&mut self, runtime: &Handle) {
+        self.flush_all();
         let tasks: Vec<_> = self.services.drain(..).filter_map(|s| s.task).collect();
         runtime.block_on(async {
             for t in tasks {
