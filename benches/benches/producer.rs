@@ -69,7 +69,8 @@ fn producer(c: &mut Criterion) {
                 max_request_bytes: 1024 * 1024,
                 linger: Duration::from_secs(3600),
             };
-            let mut batcher = Batcher::new(config, ShardMap::uniform(SHARDS), factory, stats.clone());
+            let mut batcher =
+                Batcher::new(config, ShardMap::uniform(SHARDS), factory, stats.clone());
             let mut decoder = Decoder::new("bench.1".into(), stats);
             let mut scratch = Vec::new();
             b.iter(|| {

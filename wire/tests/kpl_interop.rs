@@ -102,7 +102,10 @@ fn aws_library_deaggregates_what_wire_aggregates() {
         assert_eq!(unhex(got["data"].as_str().unwrap()), *data);
     }
     let last = out.last().unwrap();
-    assert_eq!((last["pk"].as_str().unwrap(), unhex(last["data"].as_str().unwrap())), ("PLAIN", plain));
+    assert_eq!(
+        (last["pk"].as_str().unwrap(), unhex(last["data"].as_str().unwrap())),
+        ("PLAIN", plain)
+    );
 }
 
 #[test]
