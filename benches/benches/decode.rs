@@ -16,7 +16,7 @@ fn frame(trades: usize) -> Vec<u8> {
             price: 146.76 + i as f64 * 0.01,
             time_ms: 1_628_238_530_221 + i as u64,
             volume: (i % 300 + 1) as f64,
-            conditions: if i % 3 == 0 {
+            conditions: if i.is_multiple_of(3) {
                 ["1", "24", "12"].into_iter().collect()
             } else {
                 Conditions::default()

@@ -33,7 +33,7 @@ fn frames() -> Vec<Vec<u8>> {
                         price: 100.0 + (n % 1000) as f64 * 0.01,
                         time_ms: 1_700_000_000_000 + n as u64,
                         volume: (n % 300 + 1) as f64,
-                        conditions: if n % 3 == 0 {
+                        conditions: if n.is_multiple_of(3) {
                             ["1", "12"].into_iter().collect()
                         } else {
                             Conditions::default()

@@ -39,7 +39,11 @@ fn script(frames: usize) -> (Script, Vec<ScriptTrade>) {
                 price: 100.0 + (n % 97) as f64 * 0.25,
                 time_ms: 1_700_000_000_000 + n * 13,
                 volume: (n % 9) as f64,
-                conditions: if n % 5 == 0 { vec!["1".into(), "12".into()] } else { vec![] },
+                conditions: if n.is_multiple_of(5) {
+                    vec!["1".into(), "12".into()]
+                } else {
+                    vec![]
+                },
             };
             n += 1;
             valid.push(trade.clone());

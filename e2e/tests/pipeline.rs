@@ -37,7 +37,7 @@ fn trades() -> Vec<ScriptTrade> {
             price: 100.0 + ((i * 37) % 23) as f64 * 0.5 - ((i * 11) % 7) as f64 * 0.25,
             time_ms: START_MS + i * 523,
             volume: ((i * 13) % 40) as f64,
-            conditions: if i % 4 == 0 { vec!["12".into()] } else { vec![] },
+            conditions: if i.is_multiple_of(4) { vec!["12".into()] } else { vec![] },
         })
         .collect()
 }
@@ -259,7 +259,7 @@ async fn feed_to_dynamodb_stores_every_trade_once_with_exact_candles() -> anyhow
         }
         assert_eq!(got.len(), want.len(), "one candle per symbol and minute");
         for (key, candle) in &got {
-            assert_eq!(Some(candle), want.get(key).as_ref().map(|c| &**c), "candle {key:?}");
+            assert_eq!(Some(candle), want.get(key), "candle {key:?}");
         }
         let latest = query_all(&dynamo, &table_name, table::LATEST_PK).await?;
         assert_eq!(latest.len(), SYMBOLS.len());
