@@ -186,14 +186,15 @@ impl Batcher {
         i
     }
 
-    /// Routes every record of a chunk to its shard's buffer.
+    /// Routes every record of a chunk to its shard's buffer. The chunk's bytes were
+    /// counted as buffered by the source; they are released as records are acknowledged.
     pub fn route(&mut self, chunk: &Chunk) {
         let now = Instant::now();
-        let mut added = 0usize;
         for (key, data, rt) in chunk.iter() {
             if data.len() + key.len() > RECORD_MAX_BYTES {
                 // Only a trade with an absurd list of condition codes gets here.
                 self.stats.drop_trades(Dropped::TooLarge, 1);
+                self.stats.release(data.len() + key.len());
                 error!(
                     symbol = key,
                     bytes = data.len(),
@@ -202,14 +203,12 @@ impl Batcher {
                 continue;
             }
             let i = self.shard_index(key);
-            added += data.len() + key.len();
             if self.config.aggregation {
                 self.push_aggregated(i, key, data, rt, now);
             } else {
                 self.push_plain(i, key, data, rt, now);
             }
         }
-        self.stats.buffered_bytes.fetch_add(added as i64, Relaxed);
     }
 
     fn push_aggregated(&mut self, i: usize, key: &str, data: &[u8], rt: u64, now: Instant) {

@@ -6,23 +6,26 @@
 //!
 //! Flow: [`Feed::serve`] accepts TCP connections; `http` checks the token and upgrades;
 //! `connection` runs one websocket, its writer loop driving the connection's `session`
-//! (subscriptions) and its trade source; `stats` counts what was sent.
+//! (subscriptions), its trade source and its injected faults; `stats` counts what was
+//! sent.
 //!
 //! Files:
 //! - `http.rs`: token check, upgrade, the HTTP answers to everything else.
 //! - `connection.rs`: the per-connection reader and writer loop.
-//! - `session.rs`: subscriptions and the symbol rules.
+//! - `session.rs`: subscriptions, their order, and the symbol rules.
 //! - `source.rs`: [`TradeSource`] and the per-connection interface every source implements.
-//! - `synthetic.rs`: seeded random-walk trades at a fixed rate.
+//! - `synthetic.rs`: seeded random walks, Zipf-skewed, bursting, from pre-built frames.
 //! - `scripted.rs`: a fixed list of frames, sent once, for tests.
+//! - `replay.rs`: the trade frames of a capture file, re-timed, at a speed factor.
+//! - `capture.rs`: the capture file format that `loadgen record` writes.
+//! - `faults.rs`: dropped connections, malformed frames, stalls and silence.
 //! - `stats.rs`: counters, [`FeedStats`], [`FeedHandle`].
-//!
-//! Later load tools fit here without a rewrite: a replayed capture file is another
-//! [`TradeSource`]; faults (dropped connections, malformed frames, stalls) are more arms in
-//! the connection's writer loop, configured beside [`FeedConfig::ping_interval`].
 
+pub mod capture;
 mod connection;
+mod faults;
 mod http;
+mod replay;
 mod scripted;
 mod session;
 mod source;
@@ -40,12 +43,16 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+pub use faults::{Faults, MAX_MALFORMED_RATE, MIN_FAULT_INTERVAL, Stall};
+pub use replay::{Capture, MAX_SPEED, ReplayConfig, START_GRACE, Speed, SpeedError};
 pub use scripted::{Script, ScriptFrame, ScriptTrade};
 pub use session::{SYMBOL_MAX_CHARS, SubscribeError, TOO_MANY_SYMBOLS, validate_symbol};
 pub use source::TradeSource;
 pub use stats::{FeedHandle, FeedStats, log_progress};
 pub use synthetic::{
-    FrameSize, FrameSizeError, MAX_RATE, MAX_TRADES_PER_FRAME, SyntheticConfig, TICK, start_price,
+    Burst, DECK_REFRESH, FrameSize, FrameSizeError, MAX_BURST_FACTOR, MAX_RATE,
+    MAX_TRADES_PER_FRAME, MAX_UNIVERSE, MAX_ZIPF, SyntheticConfig, SyntheticFrames, TICK, Universe,
+    start_price,
 };
 
 use source::SourceShared;
@@ -74,6 +81,8 @@ pub struct FeedConfig {
     pub max_symbols: Option<usize>,
     /// Time between `{"type":"ping"}` frames on each connection.
     pub ping_interval: Duration,
+    /// Faults injected into every connection; none by default.
+    pub faults: Faults,
 }
 
 impl FeedConfig {
@@ -88,32 +97,28 @@ impl FeedConfig {
         Self::with_source(TradeSource::Scripted(script))
     }
 
+    /// A replayed capture, with the same defaults as [`FeedConfig::synthetic`].
+    pub fn replay(config: ReplayConfig) -> Self {
+        Self::with_source(TradeSource::Replay(config))
+    }
+
     fn with_source(source: TradeSource) -> Self {
-        Self { source, token: None, max_symbols: None, ping_interval: DEFAULT_PING_INTERVAL }
+        Self {
+            source,
+            token: None,
+            max_symbols: None,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            faults: Faults::default(),
+        }
     }
 
     /// Refuses values the feed cannot honour, naming the flag that set them.
     pub fn validate(&self) -> Result<(), FeedError> {
         let invalid = |flag, reason: String| Err(FeedError::InvalidConfig { flag, reason });
         if let TradeSource::Synthetic(s) = &self.source {
-            if !(s.rate.is_finite() && s.rate > 0.0 && s.rate <= MAX_RATE) {
-                return invalid(
-                    "--rate",
-                    format!("must be above 0 and at most {MAX_RATE} trades/s, got {}", s.rate),
-                );
-            }
-            let FrameSize { min, max } = s.frame_size;
-            if min == 0 || min > max || max > MAX_TRADES_PER_FRAME {
-                return invalid(
-                    "--trades-per-frame",
-                    format!(
-                        "must be N or MIN..MAX with 1 <= MIN <= MAX <= {MAX_TRADES_PER_FRAME}, \
-                         got {}",
-                        s.frame_size
-                    ),
-                );
-            }
+            validate_synthetic(s)?;
         }
+        validate_faults(&self.faults)?;
         if self.max_symbols == Some(0) {
             return invalid(
                 "--max-symbols",
@@ -131,6 +136,101 @@ impl FeedConfig {
         }
         Ok(())
     }
+}
+
+/// Refuses synthetic settings outside what the generator can honour.
+fn validate_synthetic(s: &SyntheticConfig) -> Result<(), FeedError> {
+    let invalid = |flag, reason: String| Err(FeedError::InvalidConfig { flag, reason });
+    if !(s.rate.is_finite() && s.rate > 0.0 && s.rate <= MAX_RATE) {
+        return invalid(
+            "--rate",
+            format!("must be above 0 and at most {MAX_RATE} trades/s, got {}", s.rate),
+        );
+    }
+    let FrameSize { min, max } = s.frame_size;
+    if min == 0 || min > max || max > MAX_TRADES_PER_FRAME {
+        return invalid(
+            "--trades-per-frame",
+            format!(
+                "must be N or MIN..MAX with 1 <= MIN <= MAX <= {MAX_TRADES_PER_FRAME}, got {}",
+                s.frame_size
+            ),
+        );
+    }
+    if !(s.zipf.is_finite() && (0.0..=MAX_ZIPF).contains(&s.zipf)) {
+        return invalid("--zipf", format!("must be from 0 to {MAX_ZIPF}, got {}", s.zipf));
+    }
+    if let Some(u) = s.universe
+        && !(1..=MAX_UNIVERSE).contains(&u.len())
+    {
+        return invalid("--symbols", format!("must be from 1 to {MAX_UNIVERSE}, got {}", u.len()));
+    }
+    if let Some(b) = s.burst {
+        if b.every < MIN_FAULT_INTERVAL {
+            return invalid(
+                "--burst-every",
+                format!("must be at least {MIN_FAULT_INTERVAL:?}, got {:?}", b.every),
+            );
+        }
+        if b.length.is_zero() || b.length >= b.every {
+            return invalid(
+                "--burst-length",
+                format!(
+                    "must be above 0 and below --burst-every ({:?}), got {:?}",
+                    b.every, b.length
+                ),
+            );
+        }
+        if !(b.factor.is_finite() && b.factor > 0.0 && b.factor <= MAX_BURST_FACTOR) {
+            return invalid(
+                "--burst-factor",
+                format!("must be above 0 and at most {MAX_BURST_FACTOR}, got {}", b.factor),
+            );
+        }
+        if s.rate * b.factor > MAX_RATE {
+            return invalid(
+                "--burst-factor",
+                format!("takes the rate to {} trades/s, above {MAX_RATE}", s.rate * b.factor),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses fault settings that would leave a connection unable to do anything.
+fn validate_faults(f: &Faults) -> Result<(), FeedError> {
+    let invalid = |flag, reason: String| Err(FeedError::InvalidConfig { flag, reason });
+    let short = |d: Option<Duration>| d.is_some_and(|d| d < MIN_FAULT_INTERVAL);
+    for (flag, value) in [
+        ("--drop-every", f.drop_every),
+        ("--silence-after", f.silence_after),
+        ("--stall-every", f.stall.map(|s| s.every)),
+    ] {
+        if short(value) {
+            return invalid(
+                flag,
+                format!("must be at least {MIN_FAULT_INTERVAL:?}, got {value:?}"),
+            );
+        }
+    }
+    if let Some(stall) = f.stall
+        && (stall.length.is_zero() || stall.length >= stall.every)
+    {
+        return invalid(
+            "--stall-for",
+            format!(
+                "must be above 0 and below --stall-every ({:?}), got {:?}",
+                stall.every, stall.length
+            ),
+        );
+    }
+    if !(f.malformed_rate.is_finite() && (0.0..=MAX_MALFORMED_RATE).contains(&f.malformed_rate)) {
+        return invalid(
+            "--malformed-rate",
+            format!("must be from 0 to {MAX_MALFORMED_RATE}, got {}", f.malformed_rate),
+        );
+    }
+    Ok(())
 }
 
 /// The token clients must present. Its `Debug` form hides it, so that a logged config never
@@ -186,6 +286,7 @@ struct ConnConfig {
     token: Option<Token>,
     max_symbols: Option<usize>,
     ping_interval: Duration,
+    faults: Faults,
 }
 
 impl Shared {
@@ -209,6 +310,7 @@ impl Feed {
                 token: config.token,
                 max_symbols: config.max_symbols,
                 ping_interval: config.ping_interval,
+                faults: config.faults,
             },
             source: SourceShared::new(config.source),
             counters: Arc::default(),
@@ -234,10 +336,11 @@ impl Feed {
         let handle = self.handle();
         info!(
             listen = %addr,
-            source = source_label(&self.shared.source),
+            source = self.shared.source.label(),
             token_required = self.shared.config.token.is_some(),
             max_symbols = ?self.shared.config.max_symbols,
             ping_interval = ?self.shared.config.ping_interval,
+            faults = ?self.shared.config.faults,
             "feed started"
         );
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -304,13 +407,6 @@ pub async fn serve(
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     // Drops the borrow guard at once; it must not be held across the caller's awaits.
     let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-fn source_label(source: &SourceShared) -> &'static str {
-    match source {
-        SourceShared::Synthetic(_) => "synthetic",
-        SourceShared::Scripted(_) => "scripted",
-    }
 }
 
 fn log_panic(done: Result<(), tokio::task::JoinError>) {

@@ -3,10 +3,12 @@
 //! Where a test must show that something does *not* arrive, it uses the server's own
 //! ordering instead of a sleep: the server applies client messages in order and answers an
 //! invalid subscribe with an error frame, so every frame after that error frame was built
-//! after the messages sent before it.
+//! after the messages sent before it. A silenced connection answers nothing, so the
+//! silence test alone watches a window many ping intervals long.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload, WebSocketError, handshake};
@@ -16,8 +18,9 @@ use hyper::header::{CONNECTION, UPGRADE};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use loadgen::feed::{
-    Feed, FeedConfig, FeedHandle, FeedStats, FrameSize, Script, ScriptFrame, ScriptTrade,
-    SyntheticConfig, TOO_MANY_SYMBOLS, Token,
+    Burst, Capture, Faults, Feed, FeedConfig, FeedHandle, FeedStats, FrameSize, ReplayConfig,
+    Script, ScriptFrame, ScriptTrade, Speed, Stall, SyntheticConfig, TOO_MANY_SYMBOLS, Token,
+    Universe,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -69,7 +72,7 @@ impl TestFeed {
 }
 
 fn synthetic(rate: f64) -> FeedConfig {
-    FeedConfig::synthetic(SyntheticConfig { rate, frame_size: FrameSize::fixed(1), seed: 1 })
+    FeedConfig::synthetic(SyntheticConfig { rate, seed: 1, ..SyntheticConfig::default() })
 }
 
 /// What the client received, decoded.
@@ -223,6 +226,7 @@ async fn subscribed_symbols_get_trades_and_nothing_else() {
         rate: 500.0,
         frame_size: FrameSize { min: 1, max: 5 },
         seed: 3,
+        ..SyntheticConfig::default()
     });
     let feed = TestFeed::start(config).await;
     let mut a = feed.client().await;
@@ -325,6 +329,7 @@ async fn the_rate_is_kept_not_exceeded() {
         rate: RATE,
         frame_size: FrameSize { min: 1, max: 10 },
         seed: 5,
+        ..SyntheticConfig::default()
     }))
     .await;
     let mut client = feed.client().await;
@@ -346,6 +351,7 @@ async fn the_same_seed_gives_the_same_trades() {
             rate: 2_000.0,
             frame_size: FrameSize { min: 1, max: 4 },
             seed,
+            ..SyntheticConfig::default()
         }))
         .await;
         let mut client = feed.client().await;
@@ -539,4 +545,268 @@ async fn a_script_passes_on_when_its_connection_leaves() {
         assert_eq!(&second.next_raw().await.1, want);
     }
     tokio::time::timeout(FRAME_WAIT, feed.handle.script_done()).await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Synthetic trades at scale: Zipf skew, universes, bursts.
+
+impl Client {
+    /// The next frame, or `None` if none arrives within `wait`; errors are returned, not
+    /// panicked on, for tests that expect the connection to fail.
+    async fn try_next_raw(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<(OpCode, Vec<u8>)>, WebSocketError> {
+        match tokio::time::timeout(wait, self.ws.read_frame()).await {
+            Err(_) => Ok(None),
+            Ok(frame) => frame.map(|f| Some((f.opcode, f.payload.to_vec()))),
+        }
+    }
+}
+
+#[tokio::test]
+async fn zipf_gives_the_first_subscribed_symbol_the_largest_share() {
+    let config = FeedConfig::synthetic(SyntheticConfig {
+        rate: 50_000.0,
+        frame_size: FrameSize { min: 1, max: 20 },
+        zipf: 1.0,
+        ..SyntheticConfig::default()
+    });
+    let feed = TestFeed::start(config).await;
+    let mut client = feed.client().await;
+    // Subscription order, not name order, sets the ranks.
+    for symbol in ["ZZZ", "AAA", "MMM"] {
+        client.subscribe(symbol).await;
+    }
+    client.sync().await;
+    let trades = client.trades(6_000).await;
+    let share = |s: &str| trades.iter().filter(|t| t.symbol == s).count() as f64 / 6_000.0;
+    let (z, a, m) = (share("ZZZ"), share("AAA"), share("MMM"));
+    assert!(z > a && a > m, "shares {z:.3} {a:.3} {m:.3}");
+    // Zipf(1) over three: 6/11, 3/11, 2/11.
+    assert!((z - 6.0 / 11.0).abs() < 0.05, "first symbol's share {z:.3}");
+    assert!((m - 2.0 / 11.0).abs() < 0.05, "third symbol's share {m:.3}");
+}
+
+#[tokio::test]
+async fn a_universe_refuses_symbols_outside_it() {
+    let universe = Universe::new(20);
+    let config = FeedConfig::synthetic(SyntheticConfig {
+        rate: 1_000.0,
+        universe: Some(universe),
+        ..SyntheticConfig::default()
+    });
+    let feed = TestFeed::start(config).await;
+    let mut client = feed.client().await;
+    client.subscribe("AAPL").await;
+    let (msg, _) = client.until_error().await;
+    assert_eq!(msg, r#"Invalid symbol "AAPL""#);
+    client.subscribe(&universe.name(19)).await;
+    client.sync().await;
+    assert!(client.trades(20).await.iter().all(|t| t.symbol == "SYN:0019"));
+    assert_eq!(feed.handle.stats().subscriptions, 1);
+}
+
+#[tokio::test]
+async fn bursts_multiply_the_rate() {
+    // 500 trades/s, and 5,500/s from 1 s to 1.25 s after the feed starts: 2,000 trades
+    // arrive after about 1.5 s, where without the burst they would take 4 s.
+    let config = FeedConfig::synthetic(SyntheticConfig {
+        rate: 500.0,
+        burst: Some(Burst {
+            every: Duration::from_secs(1),
+            factor: 11.0,
+            length: Duration::from_millis(250),
+        }),
+        ..SyntheticConfig::default()
+    });
+    let started = Instant::now();
+    let feed = TestFeed::start(config).await;
+    let mut client = feed.client().await;
+    client.subscribe("AAA").await;
+    client.trades(2_000).await;
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(1_200), "2,000 trades after {elapsed:?}");
+    assert!(elapsed < Duration::from_millis(3_500), "the burst never came: {elapsed:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Fault injection.
+
+#[tokio::test]
+async fn drop_every_closes_each_connection_without_a_close_frame() {
+    const EVERY: Duration = Duration::from_millis(300);
+    let faults = Faults { drop_every: Some(EVERY), ..Faults::default() };
+    let feed = TestFeed::start(FeedConfig { faults, ..synthetic(2_000.0) }).await;
+    for round in 1..=2 {
+        let connected = Instant::now();
+        let mut client = feed.client().await;
+        client.subscribe("AAPL").await;
+        let mut trades = 0;
+        let ended = loop {
+            match client.try_next_raw(FRAME_WAIT).await {
+                Ok(Some((OpCode::Text, _))) => trades += 1,
+                Ok(Some((opcode, _))) => panic!("round {round}: unexpected {opcode:?} frame"),
+                Ok(None) => panic!("round {round}: the connection was never dropped"),
+                Err(err) => break err,
+            }
+        };
+        let lived = connected.elapsed();
+        assert!(trades > 0, "round {round}: no trades before the drop");
+        assert!(lived >= EVERY, "round {round}: dropped after {lived:?}");
+        assert!(lived < EVERY * 10, "round {round}: dropped only after {lived:?}");
+        assert!(!matches!(ended, WebSocketError::ConnectionClosed), "{ended:?}");
+        let handle = feed.handle.clone();
+        eventually("the drop was counted", || handle.stats().connections_dropped == round).await;
+    }
+}
+
+#[tokio::test]
+async fn malformed_rate_mixes_in_frames_that_do_not_decode() {
+    const RATE: f64 = 0.25;
+    let faults = Faults { malformed_rate: RATE, seed: 4, ..Faults::default() };
+    let config = FeedConfig {
+        faults,
+        ..FeedConfig::synthetic(SyntheticConfig {
+            rate: 20_000.0,
+            frame_size: FrameSize { min: 1, max: 5 },
+            ..SyntheticConfig::default()
+        })
+    };
+    let feed = TestFeed::start(config).await;
+    let mut client = feed.client().await;
+    client.subscribe("AAPL").await;
+    let (mut good, mut bad) = (0u64, 0u64);
+    while good + bad < 4_000 {
+        match client.next().await {
+            Msg::Trades(trades) => {
+                assert!(trades.iter().all(|t| t.symbol == "AAPL"));
+                good += 1;
+            }
+            Msg::Ping => {}
+            Msg::Other(_) => bad += 1,
+            other => panic!("unexpected frame: {other:?}"),
+        }
+    }
+    let share = bad as f64 / (good + bad) as f64;
+    assert!((share - RATE).abs() < 0.04, "{bad} of {} frames malformed", good + bad);
+    let stats = feed.handle.stats();
+    assert!(stats.malformed_frames_sent >= bad, "{stats:?}");
+    // Malformed frames are not data: the real frames and trades are counted apart.
+    assert!(stats.frames_sent >= good);
+}
+
+#[tokio::test]
+async fn a_stall_pauses_every_frame_then_writing_resumes() {
+    const EVERY: Duration = Duration::from_millis(400);
+    const FOR: Duration = Duration::from_millis(300);
+    let faults = Faults { stall: Some(Stall { every: EVERY, length: FOR }), ..Faults::default() };
+    let config =
+        FeedConfig { faults, ping_interval: Duration::from_millis(20), ..synthetic(2_000.0) };
+    let feed = TestFeed::start(config).await;
+    let connected = Instant::now();
+    let mut client = feed.client().await;
+    client.subscribe("AAPL").await;
+    let mut arrivals = Vec::new();
+    while connected.elapsed() < EVERY * 2 {
+        client.next().await;
+        arrivals.push(connected.elapsed());
+    }
+    // Frames arrive every few ms except across the stall, which starts at EVERY.
+    let (gap, resumed) =
+        arrivals.windows(2).map(|w| (w[1] - w[0], w[1])).max().expect("frames arrived");
+    assert!(gap >= FOR - Duration::from_millis(50), "longest gap {gap:?}");
+    assert!(resumed >= EVERY + FOR - Duration::from_millis(50), "resumed at {resumed:?}");
+    assert!(feed.handle.stats().stalls >= 1);
+}
+
+#[tokio::test]
+async fn silence_after_stops_every_frame_and_keeps_the_connection_open() {
+    const AFTER: Duration = Duration::from_millis(300);
+    let faults = Faults { silence_after: Some(AFTER), ..Faults::default() };
+    let config =
+        FeedConfig { faults, ping_interval: Duration::from_millis(20), ..synthetic(1_000.0) };
+    let feed = TestFeed::start(config).await;
+    let connected = Instant::now();
+    let mut client = feed.client().await;
+    client.subscribe("AAPL").await;
+    let (mut trades, mut pings, mut last) = (0, 0, Duration::ZERO);
+    // Absence can only be seen over a window: wait far longer than the ping interval.
+    while let Some((_, payload)) = client.try_next_raw(Duration::from_millis(500)).await.unwrap() {
+        last = connected.elapsed();
+        if payload == wire::finnhub::PING_FRAME.as_bytes() {
+            pings += 1;
+        } else {
+            trades += 1;
+        }
+        assert!(last < AFTER * 10, "still receiving after {last:?}");
+    }
+    assert!(trades > 0 && pings > 0, "{trades} trades and {pings} pings before the silence");
+    assert!(last < AFTER + Duration::from_millis(250), "last frame at {last:?}");
+    let stats = feed.handle.stats();
+    assert_eq!((stats.connections_silenced, stats.connections_open), (1, 1));
+    // The client may still talk; the server applies but never answers.
+    client.subscribe(MARKER).await;
+    assert!(client.try_next_raw(Duration::from_millis(300)).await.unwrap().is_none());
+}
+
+// ---------------------------------------------------------------------------------------
+// Replayed captures.
+
+/// Three frames 200 ms apart: AAA and BBB, then BBB alone, then AAA alone.
+const CAPTURE: &str = "\
+# test capture
+1000000\t{\"data\":[{\"c\":null,\"p\":10.5,\"s\":\"AAA\",\"t\":1700000000000,\"v\":1},{\"c\":[\"1\"],\"p\":20,\"s\":\"BBB\",\"t\":1700000000010,\"v\":2}],\"type\":\"trade\"}
+1200000\t{\"data\":[{\"c\":null,\"p\":20.25,\"s\":\"BBB\",\"t\":1700000000200,\"v\":3}],\"type\":\"trade\"}
+1400000\t{\"data\":[{\"c\":null,\"p\":10.75,\"s\":\"AAA\",\"t\":1700000000400,\"v\":4}],\"type\":\"trade\"}
+";
+
+fn replay(speed: Speed, looped: bool) -> FeedConfig {
+    let capture = Arc::new(Capture::parse(CAPTURE, "test").unwrap());
+    FeedConfig::replay(ReplayConfig { capture, speed, looped })
+}
+
+#[tokio::test]
+async fn a_replay_keeps_its_spacing_at_the_speed_factor() {
+    let feed = TestFeed::start(replay(Speed::Factor(2.0), false)).await;
+    let mut client = feed.client().await;
+    client.subscribe("AAA").await;
+    client.subscribe("BBB").await;
+    let before = now_ms();
+    let mut arrivals = Vec::new();
+    let mut trades = Vec::new();
+    while trades.len() < 4 {
+        trades.extend(client.trades(1).await);
+        arrivals.push(Instant::now());
+    }
+    // 400 ms of capture at 2x: about 200 ms from first to last frame.
+    let span = arrivals[arrivals.len() - 1] - arrivals[0];
+    assert!(span >= Duration::from_millis(180), "replayed in {span:?}");
+    assert!(span < Duration::from_secs(2), "replayed in {span:?}");
+    // Times are shifted so the first trade is "now"; gaps between times are kept.
+    let first = trades[0].time_ms;
+    assert!(first + 1_000 >= before && first <= now_ms(), "first trade at {first}");
+    let gaps: Vec<u64> = trades.iter().map(|t| t.time_ms - first).collect();
+    assert_eq!(gaps, [0, 10, 200, 400]);
+    assert_eq!(trades[1].conditions, ["1"]);
+    assert_eq!(feed.handle.stats().replay_passes, 1);
+}
+
+#[tokio::test]
+async fn a_looped_replay_sends_only_subscribed_symbols_with_fresh_times() {
+    let feed = TestFeed::start(replay(Speed::Max, true)).await;
+    let mut client = feed.client().await;
+    // Only AAA: playback starts after the grace period, and BBB never appears.
+    client.subscribe("AAA").await;
+    let trades = client.trades(6).await;
+    assert!(trades.iter().all(|t| t.symbol == "AAA"), "{trades:?}");
+    let prices: Vec<f64> = trades.iter().map(|t| t.price).collect();
+    assert_eq!(prices, [10.5, 10.75, 10.5, 10.75, 10.5, 10.75]);
+    // Each pass restarts its times at its own start, never before the last pass's.
+    for pass in trades.chunks(2) {
+        assert_eq!(pass[1].time_ms - pass[0].time_ms, 400);
+    }
+    assert!(trades[2].time_ms >= trades[0].time_ms);
+    let handle = feed.handle.clone();
+    eventually("three passes were counted", || handle.stats().replay_passes >= 3).await;
 }

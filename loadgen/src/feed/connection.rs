@@ -3,10 +3,13 @@
 //! The socket is split. A reader future decodes client messages and forwards them, with
 //! the pongs and close replies the protocol obliges, over a channel to the writer loop. The
 //! writer loop owns the subscriptions and the trade source and is the only one that writes:
-//! it handles, in priority order, shutdown, client messages, the end of the reader, the
-//! keep-alive ping and the source's frames. Because client messages are applied in the
-//! order they arrived and before the next batch is built, every frame written after the
-//! reply to a message already reflects that message.
+//! it handles, in priority order, shutdown, injected faults (see `faults`), client
+//! messages, the end of the reader, the keep-alive ping and the source's frames. Because
+//! client messages are applied in the order they arrived and before the next batch is
+//! built, every frame written after the reply to a message already reflects that message.
+//!
+//! While stalled, the writer handles nothing but shutdown and faults; once silent, it
+//! applies client messages without answering them and writes nothing ever again.
 
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -20,10 +23,12 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{BufWriter, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info};
 use wire::finnhub::{ClientMessage, PING_FRAME, decode_client, error_frame};
 
 use super::Shared;
+use super::faults::ConnFaults;
 use super::session::Session;
 use super::source::{ConnSource, Outbox};
 use super::stats::Counters;
@@ -46,6 +51,9 @@ const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 /// Close code for a server going away (RFC 6455, section 7.4.1).
 const CLOSE_GOING_AWAY: u16 = 1001;
 
+/// Far enough ahead to stand for "never" in a timer that must still be built.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 type Io = TokioIo<Upgraded>;
 type Writer = WebSocketWrite<BufWriter<WriteHalf<Io>>>;
 type Reader = FragmentCollectorRead<ReadHalf<Io>>;
@@ -64,6 +72,8 @@ enum End {
     ClientClosed,
     ClientGone,
     Shutdown,
+    /// The drop fault closed the socket.
+    Dropped,
 }
 
 impl End {
@@ -72,6 +82,7 @@ impl End {
             Self::ClientClosed => "client_closed",
             Self::ClientGone => "client_gone",
             Self::Shutdown => "shutdown",
+            Self::Dropped => "dropped_by_fault",
         }
     }
 }
@@ -154,17 +165,27 @@ async fn run(
     let mut reader = pin!(read_loop(FragmentCollectorRead::new(reader), inbound_tx, counters));
     let mut reader_done = false;
 
-    let mut session = Session::new(shared.config.max_symbols, counters.clone());
-    let mut source = ConnSource::new(&shared.source, ctx.id);
+    let mut session =
+        Session::new(shared.config.max_symbols, shared.source.universe(), counters.clone());
+    let mut source = ConnSource::new(&shared.source, ctx.id, counters);
     let mut outbox = Outbox::default();
+    let mut mixed = Outbox::default();
     let interval = shared.config.ping_interval;
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let now = Instant::now();
+    let mut ping = tokio::time::interval_at(now + interval, interval);
+    let mut faults = ConnFaults::new(&shared.config.faults, ctx.id, now);
+    // Disabled fault arms still build their sleep; this instant is never reached.
+    let never = now + NEVER;
     let mut shutdown = ctx.shutdown.clone();
 
     loop {
+        let writing = !faults.stalled && !faults.silent;
         tokio::select! {
             biased;
             _ = super::stopped(&mut shutdown) => {
+                if faults.silent {
+                    return Ok(End::Shutdown);
+                }
                 let close = Frame::close(CLOSE_GOING_AWAY, b"server shutting down");
                 write_all(&mut writer, [close]).await?;
                 if !reader_done {
@@ -173,12 +194,35 @@ async fn run(
                 }
                 return Ok(End::Shutdown);
             }
-            msg = inbound.recv() => {
+            _ = sleep_until(faults.drop_at.unwrap_or(never)), if faults.drop_at.is_some() => {
+                // Returning drops both halves of the socket: a TCP close with no websocket
+                // close frame before it, and whatever was still buffered is lost.
+                Counters::add(&counters.connections_dropped, 1);
+                return Ok(End::Dropped);
+            }
+            _ = sleep_until(faults.silence_at.unwrap_or(never)),
+                if faults.silence_at.is_some() && !faults.silent =>
+            {
+                faults.silent = true;
+                Counters::add(&counters.connections_silenced, 1);
+                debug!(conn = ctx.id, "connection silenced by fault");
+            }
+            _ = sleep_until(faults.stall_at.unwrap_or(never)),
+                if faults.stall_at.is_some() && !faults.silent =>
+            {
+                if faults.toggle_stall() {
+                    Counters::add(&counters.stalls, 1);
+                    debug!(conn = ctx.id, "connection stalled by fault");
+                }
+            }
+            msg = inbound.recv(), if !faults.stalled => {
                 let Some(msg) = msg else { return Ok(End::ClientGone) };
                 match msg {
                     Inbound::Obligated(frame) => {
                         let closing = frame.opcode == OpCode::Close;
-                        write_all(&mut writer, [frame]).await?;
+                        if !faults.silent {
+                            write_all(&mut writer, [frame]).await?;
+                        }
                         if closing {
                             return Ok(End::ClientClosed);
                         }
@@ -188,9 +232,11 @@ async fn run(
                         Ok(false) => {}
                         Err(err) => {
                             debug!(conn = ctx.id, error = %err, "subscribe refused");
-                            let reply = error_frame(&err.to_string());
-                            write_all(&mut writer, [text(&reply)]).await?;
-                            Counters::add(&counters.error_frames_sent, 1);
+                            if !faults.silent {
+                                let reply = error_frame(&err.to_string());
+                                write_all(&mut writer, [text(&reply)]).await?;
+                                Counters::add(&counters.error_frames_sent, 1);
+                            }
                         }
                     },
                     Inbound::Unsubscribe(symbol) => {
@@ -204,26 +250,50 @@ async fn run(
                 // The reader dropped its sender; the channel drains, then ends the loop.
                 reader_done = true;
             }
-            _ = ping.tick() => {
+            _ = ping.tick(), if writing => {
                 write_all(&mut writer, [text(PING_FRAME.as_bytes())]).await?;
                 Counters::add(&counters.pings_sent, 1);
             }
-            _ = source.due() => {
+            _ = source.due(), if writing => {
                 outbox.clear();
-                source.fill(&mut outbox);
+                source.fill(&mut outbox, &session);
                 if outbox.is_empty() {
                     continue;
                 }
-                write_all(&mut writer, outbox.frames().map(text)).await?;
+                let mut malformed = 0;
+                if faults.malforms() {
+                    malformed = mix_malformed(&outbox, &mut mixed, &mut faults);
+                    write_all(&mut writer, mixed.frames().map(text)).await?;
+                } else {
+                    write_all(&mut writer, outbox.frames().map(text)).await?;
+                }
                 source.sent();
                 let (frames, trades) = (outbox.frame_count(), outbox.trade_count());
                 Counters::add(&counters.frames_sent, frames);
                 Counters::add(&counters.trades_sent, trades);
+                Counters::add(&counters.malformed_frames_sent, malformed);
                 sent.frames += frames;
                 sent.trades += trades;
             }
         }
     }
+}
+
+/// Copies `real` into `mixed` with malformed frames inserted; returns how many.
+fn mix_malformed(real: &Outbox, mixed: &mut Outbox, faults: &mut ConnFaults) -> u64 {
+    mixed.clear();
+    let mut scratch = Vec::new();
+    let mut inserted = 0;
+    for frame in real.frames() {
+        for _ in 0..faults.malformed_before() {
+            scratch.clear();
+            faults.malformed(frame, &mut scratch);
+            mixed.push_encoded(&scratch, 0);
+            inserted += 1;
+        }
+        mixed.push_encoded(frame, 0);
+    }
+    inserted
 }
 
 /// A text frame over bytes the caller keeps.

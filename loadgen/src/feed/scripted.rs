@@ -308,7 +308,7 @@ mod tests {
     }
 
     fn session(symbols: &[&str]) -> Session {
-        let mut s = Session::new(None, Arc::new(Counters::default()));
+        let mut s = Session::new(None, None, Arc::new(Counters::default()));
         for sym in symbols {
             s.subscribe((*sym).to_owned()).unwrap();
         }

@@ -6,48 +6,83 @@
 //!
 //! 1. `due().await`: wait, cancel-safely, until the source has something to send. A source
 //!    with nothing to send (no subscriptions, script finished) stays pending forever.
-//! 2. `fill(&mut outbox)`: append the frames to send now.
+//! 2. `fill(&mut outbox, &session)`: append the frames to send now.
 //! 3. `sent()`: the frames from the last `fill` reached the socket. Sources that must not
 //!    lose a frame (the script) only count a frame as delivered here.
 //!
-//! A new source (replaying a capture file, say) is a new variant here and in
-//! [`TradeSource`]; the connection loop does not change.
+//! A new source is a new variant here and in [`TradeSource`]; the connection loop does
+//! not change.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wire::finnhub::{Trade, write_trade_frame};
 
+use super::replay::{ReplayConfig, ReplaySource};
 use super::scripted::{Script, ScriptShared, ScriptedSender};
 use super::session::Session;
-use super::synthetic::{SyntheticConfig, SyntheticSource};
+use super::stats::Counters;
+use super::synthetic::{SyntheticConfig, SyntheticSource, Universe};
 
 /// What the feed sends to subscribed clients.
 #[derive(Debug, Clone)]
 pub enum TradeSource {
-    /// Random-walk trades for whatever each connection subscribes to, at a fixed rate.
+    /// Random-walk trades for whatever each connection subscribes to, at a set rate.
     Synthetic(SyntheticConfig),
     /// A fixed list of frames, sent once, in order; see [`Script`].
     Scripted(Script),
+    /// The trade frames of a capture file, with their spacing; see [`ReplayConfig`].
+    Replay(ReplayConfig),
+}
+
+impl TradeSource {
+    /// `synthetic`, `scripted` or `replay`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Synthetic(_) => "synthetic",
+            Self::Scripted(_) => "scripted",
+            Self::Replay(_) => "replay",
+        }
+    }
 }
 
 /// The feed-wide state behind a [`TradeSource`], shared by every connection.
 pub(crate) enum SourceShared {
-    Synthetic(SyntheticConfig),
+    /// The config, and when the feed started: bursts are timed from it.
+    Synthetic(SyntheticConfig, Instant),
     Scripted(Arc<ScriptShared>),
+    Replay(ReplayConfig),
 }
 
 impl SourceShared {
     pub fn new(source: TradeSource) -> Self {
         match source {
-            TradeSource::Synthetic(config) => Self::Synthetic(config),
+            TradeSource::Synthetic(config) => Self::Synthetic(config, Instant::now()),
             TradeSource::Scripted(script) => Self::Scripted(Arc::new(ScriptShared::new(script))),
+            TradeSource::Replay(config) => Self::Replay(config),
         }
     }
 
     pub fn script(&self) -> Option<Arc<ScriptShared>> {
         match self {
-            Self::Synthetic(_) => None,
             Self::Scripted(shared) => Some(shared.clone()),
+            Self::Synthetic(..) | Self::Replay(_) => None,
+        }
+    }
+
+    /// The only symbols clients may subscribe to, when the source limits them.
+    pub fn universe(&self) -> Option<Universe> {
+        match self {
+            Self::Synthetic(config, _) => config.universe,
+            Self::Scripted(_) | Self::Replay(_) => None,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Synthetic(..) => "synthetic",
+            Self::Scripted(_) => "scripted",
+            Self::Replay(_) => "replay",
         }
     }
 }
@@ -56,16 +91,20 @@ impl SourceShared {
 pub(crate) enum ConnSource {
     Synthetic(Box<SyntheticSource>),
     Scripted(ScriptedSender),
+    Replay(Box<ReplaySource>),
 }
 
 impl ConnSource {
-    pub fn new(shared: &SourceShared, conn_id: u64) -> Self {
+    pub fn new(shared: &SourceShared, conn_id: u64, counters: &Arc<Counters>) -> Self {
         match shared {
-            SourceShared::Synthetic(config) => {
-                Self::Synthetic(Box::new(SyntheticSource::new(config, conn_id)))
+            SourceShared::Synthetic(config, epoch) => {
+                Self::Synthetic(Box::new(SyntheticSource::new(config, conn_id, *epoch)))
             }
             SourceShared::Scripted(script) => {
                 Self::Scripted(ScriptedSender::new(script.clone(), conn_id))
+            }
+            SourceShared::Replay(config) => {
+                Self::Replay(Box::new(ReplaySource::new(config.clone(), counters.clone())))
             }
         }
     }
@@ -75,29 +114,35 @@ impl ConnSource {
         match self {
             Self::Synthetic(s) => s.due().await,
             Self::Scripted(s) => s.due().await,
+            Self::Replay(s) => s.due().await,
         }
     }
 
-    /// Appends the frames to send now; may append nothing.
-    pub fn fill(&mut self, out: &mut Outbox) {
+    /// Appends the frames to send now; may append nothing. `session` holds the
+    /// subscriptions as they are now.
+    pub fn fill(&mut self, out: &mut Outbox, session: &Session) {
         match self {
-            Self::Synthetic(s) => s.fill(out),
+            Self::Synthetic(s) => s.fill(out, session),
             Self::Scripted(s) => s.fill(out),
+            Self::Replay(s) => s.fill(out),
         }
     }
 
     /// The frames from the last [`ConnSource::fill`] were written and flushed.
     pub fn sent(&mut self) {
         match self {
-            Self::Synthetic(_) => {}
+            Self::Synthetic(_) | Self::Replay(_) => {}
             Self::Scripted(s) => s.sent(),
         }
     }
 
+    /// The subscriptions changed. Called once per subscribe or unsubscribe, so a source
+    /// keeps this cheap and does any heavy work at its next fill.
     pub fn subscriptions_changed(&mut self, session: &Session) {
         match self {
             Self::Synthetic(s) => s.subscriptions_changed(session),
             Self::Scripted(s) => s.subscriptions_changed(session),
+            Self::Replay(s) => s.subscriptions_changed(session),
         }
     }
 }
@@ -130,6 +175,36 @@ impl Outbox {
         self.buf.extend_from_slice(frame);
         self.ends.push(self.buf.len());
         self.trades += trades as u64;
+    }
+
+    /// Appends a pre-built trade frame, overwriting each trade's time digits. `times` are
+    /// where the digits sit, counted in the buffer the frame was cut from, which starts
+    /// the frame at `frame_start`; there is one per trade.
+    pub fn push_patched(
+        &mut self,
+        frame: &[u8],
+        frame_start: usize,
+        times: &[usize],
+        digits: &[u8],
+    ) {
+        let base = self.buf.len();
+        self.buf.extend_from_slice(frame);
+        for &at in times {
+            let at = base + (at - frame_start);
+            self.buf[at..at + digits.len()].copy_from_slice(digits);
+        }
+        self.ends.push(self.buf.len());
+        self.trades += times.len() as u64;
+    }
+
+    /// Bytes of all frames held.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// All frames end to end.
+    pub fn all_bytes(&self) -> &[u8] {
+        &self.buf
     }
 
     pub fn frames(&self) -> impl Iterator<Item = &[u8]> {
@@ -165,5 +240,15 @@ mod tests {
         out.clear();
         assert!(out.is_empty());
         assert_eq!(out.frames().count(), 0);
+    }
+
+    #[test]
+    fn patched_frames_get_their_digits() {
+        let deck = b"xx[T=____][T=____]yy";
+        let mut out = Outbox::default();
+        out.push_encoded(b"first", 0);
+        out.push_patched(&deck[2..18], 2, &[5, 13], b"1234");
+        assert_eq!(out.frames().nth(1), Some(&b"[T=1234][T=1234]"[..]));
+        assert_eq!((out.trade_count(), out.bytes()), (2, 21));
     }
 }

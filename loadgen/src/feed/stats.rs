@@ -23,6 +23,11 @@ pub(crate) struct Counters {
     pub pings_sent: AtomicU64,
     pub error_frames_sent: AtomicU64,
     pub malformed_messages: AtomicU64,
+    pub connections_dropped: AtomicU64,
+    pub malformed_frames_sent: AtomicU64,
+    pub stalls: AtomicU64,
+    pub connections_silenced: AtomicU64,
+    pub replay_passes: AtomicU64,
 }
 
 impl Counters {
@@ -48,12 +53,17 @@ impl Counters {
             pings_sent: get(&self.pings_sent),
             error_frames_sent: get(&self.error_frames_sent),
             malformed_messages: get(&self.malformed_messages),
+            connections_dropped: get(&self.connections_dropped),
+            malformed_frames_sent: get(&self.malformed_frames_sent),
+            stalls: get(&self.stalls),
+            connections_silenced: get(&self.connections_silenced),
+            replay_passes: get(&self.replay_passes),
         }
     }
 }
 
 /// A snapshot of the feed's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FeedStats {
     /// TCP connections accepted, whether or not they became websockets.
     pub connections_accepted: u64,
@@ -65,7 +75,8 @@ pub struct FeedStats {
     pub handshakes_rejected: u64,
     /// Symbols subscribed now, summed over open connections.
     pub subscriptions: u64,
-    /// Data frames sent: trade frames and scripted text frames. Pings and errors excluded.
+    /// Data frames sent: trade frames and scripted text frames. Pings, errors and injected
+    /// malformed frames excluded.
     pub frames_sent: u64,
     /// Trades inside the trade frames sent.
     pub trades_sent: u64,
@@ -75,6 +86,16 @@ pub struct FeedStats {
     pub error_frames_sent: u64,
     /// Client messages that were not a valid subscribe or unsubscribe, ignored.
     pub malformed_messages: u64,
+    /// Connections closed abruptly by the drop fault.
+    pub connections_dropped: u64,
+    /// Malformed frames inserted by the malformed fault.
+    pub malformed_frames_sent: u64,
+    /// Stalls begun by the stall fault.
+    pub stalls: u64,
+    /// Connections that went silent for good by the silence fault.
+    pub connections_silenced: u64,
+    /// Passes over a replayed capture begun, summed over connections.
+    pub replay_passes: u64,
 }
 
 /// A cheap, cloneable view of a running feed.
