@@ -56,8 +56,8 @@ fn producer(c: &mut Criterion) {
         let label = if aggregation { "aggregated" } else { "plain" };
         group.bench_function(BenchmarkId::new(label, TRADES_PER_FRAME), |b| {
             let stats = Arc::new(Stats::default());
-            let (queues, mut receivers): (Vec<_>, Vec<mpsc::Receiver<Batch>>) =
-                (0..SHARDS).map(|_| mpsc::channel(1 << 20)).unzip();
+            let (queues, mut receivers): (Vec<_>, Vec<mpsc::UnboundedReceiver<Batch>>) =
+                (0..SHARDS).map(|_| mpsc::unbounded_channel()).unzip();
             let mut queues = queues.into_iter();
             let factory: ServiceFactory = Box::new(move |_: &Shard| ShardHandle {
                 queue: queues.next().expect("one queue per shard"),

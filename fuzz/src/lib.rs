@@ -1,6 +1,7 @@
 //! The checks behind tickpipe's fuzz targets, callable from libFuzzer (`fuzz_targets/`, with
-//! cargo-fuzz on nightly) and from plain `cargo test` on stable, which replays the corpus in
-//! `corpus/<target>/` and seeded mutations of it.
+//! cargo-fuzz on nightly) and from plain `cargo test` on stable, which replays the seeds in
+//! `seeds/<target>/` and seeded mutations of them. (`corpus/`, where libFuzzer keeps what
+//! it finds, is git-ignored; the seeds are the part worth keeping.)
 //!
 //! - [`sink_request`]: a request to `loadgen sink`, answered by a fresh sink without a
 //!   socket. Whatever the bytes, the sink must answer with a known status and JSON: an
@@ -91,11 +92,11 @@ pub fn feed_client_message(data: &[u8]) {
 mod tests {
     use std::path::Path;
 
-    /// Mutated inputs tried per corpus file on stable.
+    /// Mutated inputs tried per seed on stable.
     const MUTATIONS_PER_SEED: usize = 400;
 
     fn corpus(target: &str) -> Vec<Vec<u8>> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds").join(target);
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
             .map(|e| e.unwrap().path())
@@ -170,7 +171,7 @@ mod tests {
     /// the handler rather than from the JSON parser's first error.
     #[test]
     fn sink_seeds_are_answered_as_their_names_say() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/sink_request");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/sink_request");
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_str().unwrap().to_owned();
@@ -195,12 +196,12 @@ mod tests {
     }
 
     #[test]
-    fn sink_request_holds_on_the_corpus_and_its_mutations() {
+    fn sink_request_holds_on_the_seeds_and_their_mutations() {
         replay("sink_request", super::sink_request);
     }
 
     #[test]
-    fn feed_client_message_holds_on_the_corpus_and_its_mutations() {
+    fn feed_client_message_holds_on_the_seeds_and_their_mutations() {
         replay("feed_client_message", super::feed_client_message);
     }
 }

@@ -10,8 +10,10 @@
 //! - with aggregation off, into a list of plain records, sent when it reaches 500 records,
 //!   the request byte cap, or `linger`.
 //!
-//! A batch goes to its shard's service queue; when that queue is full the batcher blocks,
-//! which in turn fills the channel from the source and stops the websocket reader.
+//! A batch goes to its shard's service queue. The queues are unbounded on purpose: memory
+//! is bounded by the source's cap on buffered bytes, and a shard that cannot keep up (one
+//! hot symbol above its shard's limit) must not stall the batcher and with it every other
+//! shard. When the cap is reached the source stops reading the websocket.
 //!
 //! One aggregated record per request is what keeps one symbol's trades in order across
 //! retries: a request either fails or succeeds as one unit per shard, and a shard's next
@@ -34,6 +36,12 @@ use wire::limits::{PUT_RECORDS_MAX_RECORDS, RECORD_MAX_BYTES};
 use wire::shard::{Shard, ShardMap};
 
 use crate::decode::Chunk;
+
+/// Records per request without aggregation: a twentieth of a shard's 1,000 records/s,
+/// so that the one request that overdraws the shard's budget cannot push a one-second
+/// window over the limit (see `limiter`). Far below the API's 500.
+const PLAIN_MAX_RECORDS_PER_REQUEST: usize = 50;
+const _: () = assert!(PLAIN_MAX_RECORDS_PER_REQUEST <= PUT_RECORDS_MAX_RECORDS);
 use crate::stats::{Dropped, Stats};
 
 /// One Kinesis record on its way to PutRecords.
@@ -86,7 +94,7 @@ struct ShardBuffer {
 
 /// A running shard service: its queue and, when it runs on a runtime, its task.
 pub struct ShardHandle {
-    pub queue: mpsc::Sender<Batch>,
+    pub queue: mpsc::UnboundedSender<Batch>,
     pub task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -232,7 +240,7 @@ impl Batcher {
     fn push_plain(&mut self, i: usize, key: &str, data: &[u8], rt: u64, now: Instant) {
         let s = &self.shards[i];
         let bytes = data.len() + key.len();
-        if s.plain.len() == PUT_RECORDS_MAX_RECORDS
+        if s.plain.len() == PLAIN_MAX_RECORDS_PER_REQUEST
             || s.plain_bytes + bytes > self.config.max_request_bytes
         {
             self.flush(i);
@@ -272,7 +280,7 @@ impl Batcher {
             return;
         }
         let queue = &self.services[i].queue;
-        if let Err(mpsc::error::SendError(batch)) = queue.blocking_send(Batch { entries }) {
+        if let Err(mpsc::error::SendError(batch)) = queue.send(Batch { entries }) {
             // The service only goes away when the shutdown deadline has passed.
             let lost: u64 = batch.entries.iter().map(Entry::trades).sum();
             self.stats.drop_trades(Dropped::ShutdownDeadline, lost);
@@ -306,8 +314,11 @@ mod tests {
         c
     }
 
-    fn batcher(config: BatcherConfig, shards: usize) -> (Batcher, Vec<mpsc::Receiver<Batch>>) {
-        let (txs, rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| mpsc::channel(100_000)).unzip();
+    fn batcher(
+        config: BatcherConfig,
+        shards: usize,
+    ) -> (Batcher, Vec<mpsc::UnboundedReceiver<Batch>>) {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| mpsc::unbounded_channel()).unzip();
         let mut txs = txs.into_iter();
         let factory: ServiceFactory = Box::new(move |_shard: &Shard| ShardHandle {
             queue: txs.next().expect("one queue per shard"),
@@ -318,7 +329,7 @@ mod tests {
         (b, rxs)
     }
 
-    fn drain(rxs: &mut [mpsc::Receiver<Batch>]) -> Vec<(usize, Batch)> {
+    fn drain(rxs: &mut [mpsc::UnboundedReceiver<Batch>]) -> Vec<(usize, Batch)> {
         let mut out = Vec::new();
         for (i, rx) in rxs.iter_mut().enumerate() {
             while let Ok(b) = rx.try_recv() {

@@ -52,8 +52,8 @@ pub struct IngestorConfig {
     pub aggregation: Aggregation,
 
     /// Largest aggregated record, in bytes (1024 to 1048576, the Kinesis record limit less
-    /// the partition key).
-    #[arg(long, env = "TICKPIPE_AGGREGATE_MAX_BYTES", default_value_t = 256 * 1024)]
+    /// the partition key). Small records pace a shard smoothly; each is one request.
+    #[arg(long, env = "TICKPIPE_AGGREGATE_MAX_BYTES", default_value_t = 50 * 1024)]
     pub aggregate_max_bytes: usize,
 
     /// Longest a trade waits in a shard's buffer before it is sent.
@@ -80,7 +80,7 @@ pub struct IngestorConfig {
     pub record_ttl: Option<Duration>,
 
     /// Share of each shard's write limits (1,000 records/s, 1 MiB/s) to use, 0.05 to 1.0.
-    #[arg(long, env = "TICKPIPE_SHARD_RATE_FRACTION", default_value_t = 0.95)]
+    #[arg(long, env = "TICKPIPE_SHARD_RATE_FRACTION", default_value_t = 0.9)]
     pub shard_rate_fraction: f64,
 
     /// Do not pace writes per shard (for on-demand streams, whose shard limits vary).

@@ -52,10 +52,6 @@ use crate::service::ShardService;
 use crate::source::{FeedUrl, Source};
 use crate::stats::{Dropped, Stats, Summary};
 
-/// Batches queued per shard ahead of its service. Small on purpose: a deep queue only
-/// hides a slow shard and holds memory.
-const SHARD_QUEUE_BATCHES: usize = 4;
-
 /// What a run did, for the final log line and the exit code.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -147,7 +143,7 @@ pub async fn run(
     let runtime = Handle::current();
     let spawner = runtime.clone();
     let start_service: ServiceFactory = Box::new(move |shard: &Shard| {
-        let (queue, rx) = mpsc::channel(SHARD_QUEUE_BATCHES);
+        let (queue, rx) = mpsc::unbounded_channel();
         let limiter = (!service_config.no_shard_rate_limit).then(|| {
             ShardLimiter::new(
                 f64::from(SHARD_MAX_RECORDS_PER_SEC) * fraction,

@@ -88,7 +88,7 @@ pub struct ShardService {
 
 impl ShardService {
     /// Sends batches until the batcher hangs up.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Batch>) {
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Batch>) {
         while let Some(batch) = rx.recv().await {
             self.put(batch.entries).await;
         }
