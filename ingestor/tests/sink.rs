@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use ingestor::config::IngestorConfig;
 use ingestor::stats::Stats;
-use loadgen::feed::{Feed, FeedConfig, FrameSize, SyntheticConfig};
+use loadgen::feed::{Capture, Feed, FeedConfig, FrameSize, ReplayConfig, Speed, SyntheticConfig};
 use loadgen::sink::{FaultConfig, ShardLimits, Sink, SinkConfig, SinkHandle};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::oneshot;
@@ -241,4 +241,63 @@ const SIGTERM: i32 = 15;
 unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// The capture shipped with the repository, replayed at full speed through the ingestor
+/// into the sink: every trade in it arrives once, in order per symbol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_capture_replays_through_the_ingestor_intact() -> anyhow::Result<()> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../loadgen/testdata/synthetic-capture.tsv");
+    let capture = Arc::new(Capture::load(&path)?);
+    let expected = capture.trade_count() as u64;
+    assert!(expected > 1000, "the capture holds a real run's worth of trades");
+    let symbols = capture.symbols().join(",");
+    let feed =
+        Feed::new(FeedConfig::replay(ReplayConfig { capture, speed: Speed::Max, looped: false }))?;
+    let feed_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let feed_addr = feed_listener.local_addr()?;
+    let (stop_feed, feed_stopped) = oneshot::channel::<()>();
+    tokio::spawn(feed.serve(feed_listener, async {
+        let _ = feed_stopped.await;
+    }));
+    let sink = Sink::new(SinkConfig {
+        stream: "tickpipe-trades".into(),
+        shards: 4,
+        limits: Some(ShardLimits::default()),
+        faults: FaultConfig::default(),
+    })?;
+    let handle = sink.handle();
+    let sink_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sink_addr = sink_listener.local_addr()?;
+    let (stop_sink, sink_stopped) = oneshot::channel::<()>();
+    tokio::spawn(sink.serve(sink_listener, async {
+        let _ = sink_stopped.await;
+    }));
+    let r = Running { feed_addr, sink_addr, sink: handle, stop: vec![stop_feed, stop_sink] };
+    let url = format!("ws://{feed_addr}/");
+    let config = Cli::try_parse_from([
+        "ingestor",
+        "--url",
+        &url,
+        "--symbols",
+        &symbols,
+        "--metrics-listen",
+        "off",
+        "--linger",
+        "10ms",
+    ])?
+    .config;
+    let stats = ingest_until(&r, config, expected).await?;
+    let report = r.sink.report();
+    assert_eq!(stats.summary().received, expected, "the ingestor read every captured trade");
+    assert_eq!(report.stats.trades, expected);
+    assert_eq!(report.stats.duplicates, 0);
+    assert_eq!(report.stats.reorders, 0);
+    assert_eq!(report.missing, 0);
+    assert_eq!(report.stats.undecodable_user_records, 0);
+    for stop in r.stop {
+        let _ = stop.send(());
+    }
+    Ok(())
 }
