@@ -139,6 +139,7 @@ impl ShardService {
                     let mut throttled = 0u64;
                     let now = now_us();
                     let mut mispredicted = 0u64;
+                    let (mut accepted_records, mut accepted_bytes) = (0u64, 0u64);
                     for (i, entry) in pending.into_iter().enumerate() {
                         // A response shorter than the request would be a service bug;
                         // treating the missing results as failures loses nothing.
@@ -151,6 +152,8 @@ impl ShardService {
                                 if r.shard_id().is_some_and(|s| s != self.shard_id) {
                                     mispredicted += 1;
                                 }
+                                accepted_records += 1;
+                                accepted_bytes += entry.billed_bytes() as u64;
                                 self.acked(&entry, now);
                             }
                             Some(code) => {
@@ -170,6 +173,8 @@ impl ShardService {
                     if let Some(limiter) = &mut self.limiter {
                         if throttled > 0 { limiter.throttled() } else { limiter.accepted() }
                     }
+                    let factor = self.limiter.as_ref().map_or(1.0, ShardLimiter::factor);
+                    stats.shard_put(&self.shard_id, accepted_records, accepted_bytes, factor);
                     if failed.is_empty() {
                         break;
                     }

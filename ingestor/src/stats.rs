@@ -5,6 +5,7 @@
 //! and the shutdown report reads the same values the endpoint serves. Each counter is
 //! bumped once per frame or per batch, never per trade inside a loop.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -111,6 +112,16 @@ pub struct Stats {
     /// Signalled whenever buffered bytes are released, to wake a waiting reader.
     pub released: Notify,
     latency_us: Mutex<Histogram<u64>>,
+    /// Per shard: what was written, and the pacing's current share of the limit.
+    per_shard: Mutex<BTreeMap<String, ShardUse>>,
+}
+
+/// What one shard took, for utilisation: its rate over the shard limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct ShardUse {
+    records: u64,
+    bytes: u64,
+    rate_factor: f64,
 }
 
 impl Default for Stats {
@@ -137,6 +148,7 @@ impl Default for Stats {
             in_flight_requests: AtomicI64::new(0),
             shards: AtomicUsize::new(0),
             released: Notify::new(),
+            per_shard: Mutex::new(BTreeMap::new()),
             latency_us: Mutex::new(
                 Histogram::new_with_max(LATENCY_MAX_US, 3)
                     .expect("3 significant digits up to one hour is a valid histogram"),
@@ -174,6 +186,16 @@ impl Stats {
 
     pub fn rejected_frames(&self, why: Rejected) -> u64 {
         self.rejected_frames[why as usize].load(Relaxed)
+    }
+
+    /// Records one request wrote to `shard`, and the shard's pacing factor after it.
+    /// Called once per request.
+    pub fn shard_put(&self, shard: &str, records: u64, bytes: u64, rate_factor: f64) {
+        let mut map = self.per_shard.lock().expect("no code panics while holding this lock");
+        let entry = map.entry(shard.to_owned()).or_default();
+        entry.records += records;
+        entry.bytes += bytes;
+        entry.rate_factor = rate_factor;
     }
 
     /// Bytes of user records that left the producer (acknowledged or dropped).
@@ -344,6 +366,29 @@ impl Stats {
         let sum_s = h.mean() * h.len() as f64 / 1e6;
         let _ = writeln!(out, "tickpipe_ack_latency_seconds_sum {sum_s}");
         let _ = writeln!(out, "tickpipe_ack_latency_seconds_count {}", h.len());
+        drop(h);
+        // Utilisation of a shard is the rate of these over its limits (1,000 records/s,
+        // 1 MiB/s); the factor shows how far throttling feedback has slowed its pacing.
+        let map = self.per_shard.lock().expect("no code panics while holding this lock");
+        for (name, help, kind) in [
+            (
+                "tickpipe_shard_records_put_total",
+                "Kinesis records acknowledged per shard.",
+                "counter",
+            ),
+            ("tickpipe_shard_bytes_put_total", "Bytes acknowledged per shard.", "counter"),
+            ("tickpipe_shard_rate_factor", "Share of the configured shard rate in use.", "gauge"),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (shard, u) in map.iter() {
+                let value = match kind {
+                    "gauge" => u.rate_factor,
+                    _ if name.contains("bytes") => u.bytes as f64,
+                    _ => u.records as f64,
+                };
+                let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {value}");
+            }
+        }
         out
     }
 }
@@ -369,7 +414,16 @@ mod tests {
         s.reject_frame(Rejected::Malformed);
         s.record_latencies(1_000_000, [990_000u64, 995_000].into_iter());
         s.shards.store(4, Relaxed);
+        s.shard_put("shardId-000000000001", 3, 300, 0.5);
+        s.shard_put("shardId-000000000001", 1, 100, 1.0);
         let text = s.render_prometheus();
+        assert!(
+            text.contains("tickpipe_shard_records_put_total{shard=\"shardId-000000000001\"} 4")
+        );
+        assert!(
+            text.contains("tickpipe_shard_bytes_put_total{shard=\"shardId-000000000001\"} 400")
+        );
+        assert!(text.contains("tickpipe_shard_rate_factor{shard=\"shardId-000000000001\"} 1"));
         assert!(text.contains("tickpipe_frames_rejected_total{reason=\"malformed\"} 1"));
         assert!(text.contains("tickpipe_shards 4"));
         assert!(text.contains("tickpipe_ack_latency_seconds_count 2"));
