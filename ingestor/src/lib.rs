@@ -3,8 +3,8 @@
 //! ```text
 //! source (tokio task)        batcher (thread)            service (task per shard)
 //! websocket -> decode  ==>   route by shard -> pack  ->  PutRecords, retry failures
-//!              crossbeam      KPL aggregate / batch       backoff + jitter, in order
-//!              (bounded)                  tokio mpsc (bounded)
+//!              crossbeam      KPL aggregate / batch       backoff + jitter, in order,
+//!              (bounded)                  tokio mpsc          paced by a token bucket
 //! ```
 //!
 //! - `config`: flags and their validation.
@@ -12,12 +12,13 @@
 //! - `decode`: frames to user records, zero-copy, no allocation per trade.
 //! - `batcher`: shard prediction, aggregation, request building, linger.
 //! - `service`: PutRecords per shard with retries of only the failed records.
-//! - `shards`: the shard map from ListShards.
+//! - `limiter`: each shard's write budget and throttling feedback.
+//! - `shards`: the shard map from ListShards (re-read periodically and on surprises).
 //! - `retry`: exponential backoff with full jitter.
 //! - `stats` and `metrics`: counters, latency histogram and the Prometheus endpoint.
 //!
-//! Every stage is bounded, so when Kinesis falls behind the websocket is no longer read
-//! and memory stays flat. On shutdown the source stops first, the batcher flushes
+//! Memory is bounded by a cap on the bytes held between the websocket and Kinesis'
+//! acknowledgement: when Kinesis falls behind, the websocket is no longer read. On shutdown the source stops first, the batcher flushes
 //! everything it holds, and the services drain their queues until acknowledged or until
 //! the deadline; [`Report`] then says what was sent and what was not.
 
