@@ -7,6 +7,7 @@
 //! `TICKPIPE_TEST_KINESIS_ENDPOINT` and `TICKPIPE_TEST_DYNAMODB_ENDPOINT`.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +17,12 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
 };
 use aws_sdk_kinesis::types::StreamStatus;
+use clap::Parser;
+use ingestor::config::IngestorConfig;
+use ingestor::stats::Stats;
+use loadgen::feed::{Feed, FeedConfig, FeedHandle, Script};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// The endpoint a test needs, from the environment `scripts/test.sh` sets up.
 pub fn endpoint(var: &str) -> String {
@@ -122,4 +129,73 @@ pub async fn create_table(client: &aws_sdk_dynamodb::Client, name: &str) -> anyh
         Ok(active.then_some(()))
     })
     .await
+}
+
+#[derive(Parser)]
+struct IngestorCli {
+    #[command(flatten)]
+    config: IngestorConfig,
+}
+
+/// A scripted feed on port 0 and an in-process ingestor reading it into a stream.
+pub struct Ingest {
+    pub feed: FeedHandle,
+    pub stats: Arc<Stats>,
+    stop_feed: oneshot::Sender<()>,
+    stop_ingestor: oneshot::Sender<()>,
+    feed_task: JoinHandle<Result<loadgen::feed::FeedStats, loadgen::feed::FeedError>>,
+    ingestor_task: JoinHandle<anyhow::Result<ingestor::Report>>,
+}
+
+/// Starts `script` on a feed and an ingestor subscribed to `symbols` that writes to
+/// `stream` through the Kinesis configured in `sdk`. `extra` are more ingestor flags.
+pub async fn start_ingest(
+    sdk: &aws_config::SdkConfig,
+    script: Script,
+    symbols: &[&str],
+    stream: &str,
+    extra: &[&str],
+) -> anyhow::Result<Ingest> {
+    let feed = Feed::new(FeedConfig::scripted(script))?;
+    let handle = feed.handle();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("ws://{}/", listener.local_addr()?);
+    let (stop_feed, feed_stopped) = oneshot::channel::<()>();
+    let feed_task = tokio::spawn(feed.serve(listener, async {
+        let _ = feed_stopped.await;
+    }));
+    let symbols = symbols.join(",");
+    let mut args = vec!["ingestor", "--url", &url, "--symbols", &symbols, "--stream", stream];
+    args.extend_from_slice(&["--linger", "10ms", "--metrics-listen", "off"]);
+    args.extend_from_slice(extra);
+    let config = IngestorCli::try_parse_from(args)?.config;
+    let stats = Arc::new(Stats::default());
+    let client = ingestor::kinesis_client(sdk, &config);
+    let (stop_ingestor, ingestor_stopped) = oneshot::channel::<()>();
+    let ingestor_task = tokio::spawn(ingestor::run(config, client, stats.clone(), async {
+        let _ = ingestor_stopped.await;
+    }));
+    Ok(Ingest { feed: handle, stats, stop_feed, stop_ingestor, feed_task, ingestor_task })
+}
+
+impl Ingest {
+    /// Waits until the script is sent and the ingestor has received and Kinesis has
+    /// acknowledged exactly `expected` trades.
+    pub async fn wait_acked(&self, expected: u64) -> anyhow::Result<()> {
+        tokio::time::timeout(Duration::from_secs(60), self.feed.script_done()).await?;
+        wait_for("every trade acknowledged", Duration::from_secs(60), || async {
+            let s = self.stats.summary();
+            Ok((s.received == expected && s.acked == expected).then_some(()))
+        })
+        .await
+    }
+
+    /// Stops the ingestor (it flushes), then the feed, and returns the ingestor's report.
+    pub async fn stop(self) -> anyhow::Result<ingestor::Report> {
+        let _ = self.stop_ingestor.send(());
+        let report = self.ingestor_task.await??;
+        let _ = self.stop_feed.send(());
+        self.feed_task.await??;
+        Ok(report)
+    }
 }

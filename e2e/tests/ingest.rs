@@ -4,23 +4,13 @@
 //! and skipped without stopping anything.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use aws_sdk_kinesis::types::ShardIteratorType;
-use clap::Parser;
-use e2e::{create_stream, kinesis_config, unique_name, wait_for};
-use ingestor::config::IngestorConfig;
-use ingestor::stats::{Rejected, Stats};
-use loadgen::feed::{Feed, FeedConfig, Script, ScriptFrame, ScriptTrade};
-use tokio::sync::oneshot;
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    config: IngestorConfig,
-}
+use e2e::{create_stream, kinesis_config, start_ingest, unique_name, wait_for};
+use ingestor::stats::Rejected;
+use loadgen::feed::{Script, ScriptFrame, ScriptTrade};
 
 const SYMBOLS: [&str; 6] = ["AAPL", "MSFT", "BINANCE:BTCUSDT", "OANDA:EUR_USD", "TSLA", "NVDA"];
 
@@ -132,49 +122,12 @@ async fn ingest_script(aggregation: &str) -> anyhow::Result<()> {
     create_stream(&kinesis, &stream, 4).await?;
 
     let (script, sent) = script(120);
-    let feed = Feed::new(FeedConfig::scripted(script))?;
-    let feed_handle = feed.handle();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let feed_addr = listener.local_addr()?;
-    let (stop_feed, feed_stopped) = oneshot::channel::<()>();
-    let feed_task = tokio::spawn(feed.serve(listener, async {
-        let _ = feed_stopped.await;
-    }));
-
-    let config = Cli::try_parse_from([
-        "ingestor",
-        "--url",
-        &format!("ws://{feed_addr}/"),
-        "--symbols",
-        &SYMBOLS.join(","),
-        "--stream",
-        &stream,
-        "--aggregation",
-        aggregation,
-        "--linger",
-        "10ms",
-        "--metrics-listen",
-        "off",
-    ])?
-    .config;
-    let stats = Arc::new(Stats::default());
-    let client = ingestor::kinesis_client(&sdk, &config);
-    let (stop_ingestor, ingestor_stopped) = oneshot::channel::<()>();
-    let ingestor_task = tokio::spawn(ingestor::run(config, client, stats.clone(), async {
-        let _ = ingestor_stopped.await;
-    }));
-
-    tokio::time::timeout(Duration::from_secs(60), feed_handle.script_done()).await?;
+    let run =
+        start_ingest(&sdk, script, &SYMBOLS, &stream, &["--aggregation", aggregation]).await?;
     let expected = sent.len() as u64;
-    wait_for("the ingestor to acknowledge every trade", Duration::from_secs(60), || async {
-        let s = stats.summary();
-        Ok((s.received == expected && s.acked == expected).then_some(()))
-    })
-    .await?;
-    let _ = stop_ingestor.send(());
-    let report = ingestor_task.await??;
-    let _ = stop_feed.send(());
-    feed_task.await??;
+    run.wait_acked(expected).await?;
+    let stats = run.stats.clone();
+    let report = run.stop().await?;
 
     assert!(report.summary.lossless(), "{:?}", report.summary);
     assert_eq!(report.summary.received, expected);
@@ -234,37 +187,11 @@ async fn resharding_loses_and_reorders_nothing() -> anyhow::Result<()> {
     // Paced so that the reshard lands in the middle of the script.
     let (script, sent) = script(200);
     let script = script.pace(Duration::from_millis(15));
-    let feed = Feed::new(FeedConfig::scripted(script))?;
-    let feed_handle = feed.handle();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let feed_addr = listener.local_addr()?;
-    let (stop_feed, feed_stopped) = oneshot::channel::<()>();
-    let feed_task = tokio::spawn(feed.serve(listener, async {
-        let _ = feed_stopped.await;
-    }));
-    let config = Cli::try_parse_from([
-        "ingestor",
-        "--url",
-        &format!("ws://{feed_addr}/"),
-        "--symbols",
-        &SYMBOLS.join(","),
-        "--stream",
-        &stream,
-        "--linger",
-        "10ms",
-        "--metrics-listen",
-        "off",
-    ])?
-    .config;
-    let stats = Arc::new(Stats::default());
-    let client = ingestor::kinesis_client(&sdk, &config);
-    let (stop_ingestor, ingestor_stopped) = oneshot::channel::<()>();
-    let ingestor_task = tokio::spawn(ingestor::run(config, client, stats.clone(), async {
-        let _ = ingestor_stopped.await;
-    }));
+    let run = start_ingest(&sdk, script, &SYMBOLS, &stream, &[]).await?;
+    let stats = run.stats.clone();
 
     wait_for("a third of the script", Duration::from_secs(60), || async {
-        Ok((feed_handle.script_frames_sent() > 80).then_some(()))
+        Ok((run.feed.script_frames_sent() > 80).then_some(()))
     })
     .await?;
     kinesis
@@ -275,17 +202,8 @@ async fn resharding_loses_and_reorders_nothing() -> anyhow::Result<()> {
         .send()
         .await?;
 
-    tokio::time::timeout(Duration::from_secs(60), feed_handle.script_done()).await?;
-    let expected = sent.len() as u64;
-    wait_for("every trade acknowledged", Duration::from_secs(60), || async {
-        let s = stats.summary();
-        Ok((s.received == expected && s.acked == expected).then_some(()))
-    })
-    .await?;
-    let _ = stop_ingestor.send(());
-    let report = ingestor_task.await??;
-    let _ = stop_feed.send(());
-    feed_task.await??;
+    run.wait_acked(sent.len() as u64).await?;
+    let report = run.stop().await?;
     assert!(report.summary.lossless(), "{:?}", report.summary);
 
     let shards = read_shards(&kinesis, &stream).await?;

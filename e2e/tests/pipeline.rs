@@ -4,25 +4,18 @@
 //! 1-minute candles and latest prices must equal those computed directly from the trades.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use clap::Parser;
-use e2e::{create_stream, create_table, dynamodb_config, kinesis_config, unique_name, wait_for};
-use ingestor::config::IngestorConfig;
-use ingestor::stats::Stats;
+use e2e::{
+    create_stream, create_table, dynamodb_config, kinesis_config, start_ingest, unique_name,
+    wait_for,
+};
 use lambda::config::LocalConfig;
 use lambda::store::StoreConfig;
-use loadgen::feed::{Feed, FeedConfig, Script, ScriptFrame, ScriptTrade};
+use loadgen::feed::{Script, ScriptFrame, ScriptTrade};
 use tokio::sync::oneshot;
 use wire::table;
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    config: IngestorConfig,
-}
 
 const SYMBOLS: [&str; 5] = ["AAPL", "MSFT", "BINANCE:BTCUSDT", "NVDA", "OANDA:EUR_USD"];
 /// A minute boundary, so the script spans known candle buckets.
@@ -173,35 +166,7 @@ async fn feed_to_dynamodb_stores_every_trade_once_with_exact_candles() -> anyhow
     create_table(&dynamo, &table_name).await?;
 
     let sent = trades();
-    let feed = Feed::new(FeedConfig::scripted(script(&sent)))?;
-    let feed_handle = feed.handle();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let feed_addr = listener.local_addr()?;
-    let (stop_feed, feed_stopped) = oneshot::channel::<()>();
-    let feed_task = tokio::spawn(feed.serve(listener, async {
-        let _ = feed_stopped.await;
-    }));
-
-    let config = Cli::try_parse_from([
-        "ingestor",
-        "--url",
-        &format!("ws://{feed_addr}/"),
-        "--symbols",
-        &SYMBOLS.join(","),
-        "--stream",
-        &stream,
-        "--linger",
-        "20ms",
-        "--metrics-listen",
-        "off",
-    ])?
-    .config;
-    let stats = Arc::new(Stats::default());
-    let client = ingestor::kinesis_client(&ksdk, &config);
-    let (stop_ingestor, ingestor_stopped) = oneshot::channel::<()>();
-    let ingestor_task = tokio::spawn(ingestor::run(config, client, stats.clone(), async {
-        let _ = ingestor_stopped.await;
-    }));
+    let run = start_ingest(&ksdk, script(&sent), &SYMBOLS, &stream, &[]).await?;
 
     let local = LocalConfig {
         stream: stream.clone(),
@@ -214,11 +179,8 @@ async fn feed_to_dynamodb_stores_every_trade_once_with_exact_candles() -> anyhow
     let first =
         run_lambda_until_stored(kinesis.clone(), dynamo.clone(), local.clone(), all_stored).await?;
 
-    tokio::time::timeout(Duration::from_secs(30), feed_handle.script_done()).await?;
-    let _ = stop_ingestor.send(());
-    let report = ingestor_task.await??;
-    let _ = stop_feed.send(());
-    feed_task.await??;
+    run.wait_acked(expected as u64).await?;
+    let report = run.stop().await?;
     assert!(report.summary.lossless(), "{:?}", report.summary);
     assert_eq!(first.poison_records, 0);
 
