@@ -309,14 +309,25 @@ mod tests {
 
     #[tokio::test]
     async fn a_child_that_ignores_sigterm_is_killed() {
+        // The shell says when its trap is set, so the SIGTERM cannot arrive before it.
+        let ready = std::env::temp_dir().join(format!("tickpipe-trap-{}", std::process::id()));
+        let _ = std::fs::remove_file(&ready);
+        let script =
+            format!("trap '' TERM; : > '{}'; while :; do sleep 0.05; done", ready.display());
         let command = ChildCommand {
             program: "sh".into(),
-            args: vec!["-c".into(), "trap '' TERM; while :; do sleep 0.05; done".into()],
+            args: vec!["-c".into(), script],
             env: vec![],
             env_remove: vec![],
             log: None,
         };
         let child = RunningChild::spawn(&command).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !ready.exists() {
+            assert!(std::time::Instant::now() < deadline, "the shell never set its trap");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = std::fs::remove_file(&ready);
         let usage = child.stop(Duration::from_millis(300)).await.unwrap();
         assert!(usage.killed);
         assert_eq!(usage.exit, "signal 9");
