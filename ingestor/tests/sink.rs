@@ -32,12 +32,18 @@ struct Running {
 
 /// Starts a synthetic feed at `rate` trades/s and a sink, both on port 0.
 async fn start(rate: f64, sink_config: SinkConfig) -> anyhow::Result<Running> {
-    let feed = Feed::new(FeedConfig::synthetic(SyntheticConfig {
+    let feed = FeedConfig::synthetic(SyntheticConfig {
         rate,
         frame_size: FrameSize { min: 1, max: 20 },
         seed: 7,
         ..SyntheticConfig::default()
-    }))?;
+    });
+    start_with(feed, sink_config).await
+}
+
+/// Starts a feed and a sink, both on port 0.
+async fn start_with(feed: FeedConfig, sink_config: SinkConfig) -> anyhow::Result<Running> {
+    let feed = Feed::new(feed)?;
     let feed_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let feed_addr = feed_listener.local_addr()?;
     let (stop_feed, feed_stopped) = oneshot::channel::<()>();
@@ -56,8 +62,12 @@ async fn start(rate: f64, sink_config: SinkConfig) -> anyhow::Result<Running> {
 }
 
 fn config(r: &Running, extra: &[&str]) -> anyhow::Result<IngestorConfig> {
+    config_for(r, SYMBOLS, extra)
+}
+
+fn config_for(r: &Running, symbols: &str, extra: &[&str]) -> anyhow::Result<IngestorConfig> {
     let url = format!("ws://{}/", r.feed_addr);
-    let mut args = vec!["ingestor", "--url", &url, "--symbols", SYMBOLS];
+    let mut args = vec!["ingestor", "--url", &url, "--symbols", symbols];
     args.extend_from_slice(&["--metrics-listen", "off", "--linger", "10ms"]);
     args.extend_from_slice(extra);
     Ok(Cli::try_parse_from(args)?.config)
@@ -253,41 +263,15 @@ async fn the_shipped_capture_replays_through_the_ingestor_intact() -> anyhow::Re
     let expected = capture.trade_count() as u64;
     assert!(expected > 1000, "the capture holds a real run's worth of trades");
     let symbols = capture.symbols().join(",");
-    let feed =
-        Feed::new(FeedConfig::replay(ReplayConfig { capture, speed: Speed::Max, looped: false }))?;
-    let feed_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let feed_addr = feed_listener.local_addr()?;
-    let (stop_feed, feed_stopped) = oneshot::channel::<()>();
-    tokio::spawn(feed.serve(feed_listener, async {
-        let _ = feed_stopped.await;
-    }));
-    let sink = Sink::new(SinkConfig {
+    let feed = FeedConfig::replay(ReplayConfig { capture, speed: Speed::Max, looped: false });
+    let sink = SinkConfig {
         stream: "tickpipe-trades".into(),
         shards: 4,
         limits: Some(ShardLimits::default()),
         faults: FaultConfig::default(),
-    })?;
-    let handle = sink.handle();
-    let sink_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let sink_addr = sink_listener.local_addr()?;
-    let (stop_sink, sink_stopped) = oneshot::channel::<()>();
-    tokio::spawn(sink.serve(sink_listener, async {
-        let _ = sink_stopped.await;
-    }));
-    let r = Running { feed_addr, sink_addr, sink: handle, stop: vec![stop_feed, stop_sink] };
-    let url = format!("ws://{feed_addr}/");
-    let config = Cli::try_parse_from([
-        "ingestor",
-        "--url",
-        &url,
-        "--symbols",
-        &symbols,
-        "--metrics-listen",
-        "off",
-        "--linger",
-        "10ms",
-    ])?
-    .config;
+    };
+    let r = start_with(feed, sink).await?;
+    let config = config_for(&r, &symbols, &[])?;
     let stats = ingest_until(&r, config, expected).await?;
     let report = r.sink.report();
     assert_eq!(stats.summary().received, expected, "the ingestor read every captured trade");
