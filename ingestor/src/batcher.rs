@@ -5,19 +5,21 @@
 //! of each shard into a buffer of their own:
 //!
 //! - with aggregation on, into one KPL aggregated record per shard, sealed when the next
-//!   record would not fit or when its oldest trade has waited `linger`; each sealed record
-//!   is one request;
-//! - with aggregation off, into a list of plain records, sent when it reaches 500 records,
-//!   the request byte cap, or `linger`.
+//!   record would not fit or at the linger flush; each sealed record is one batch;
+//! - with aggregation off, into a list of plain records, sent when it reaches 50 records,
+//!   the request byte cap, or at the linger flush.
+//!
+//! The linger flush comes when the oldest trade held anywhere has waited `linger`, and
+//! takes every shard at once, so that their batches can share one request.
 //!
 //! A batch goes to its shard's service queue. The queues are unbounded on purpose: memory
 //! is bounded by the source's cap on buffered bytes, and a shard that cannot keep up (one
 //! hot symbol above its shard's limit) must not stall the batcher and with it every other
 //! shard. When the cap is reached the source stops reading the websocket.
 //!
-//! One aggregated record per request is what keeps one symbol's trades in order across
-//! retries: a request either fails or succeeds as one unit per shard, and a shard's next
-//! request waits until the previous one is acknowledged. With aggregation off, a request
+//! One aggregated record per batch is what keeps one symbol's trades in order across
+//! retries: a batch either fails or succeeds as one unit, and a shard's next batch waits
+//! until the previous one is acknowledged. With aggregation off, a request
 //! holds many records of a shard, and Kinesis may accept a later one while refusing an
 //! earlier one; their retry then lands after it. That mode trades order under partial
 //! failure for one-trade-per-record simplicity, and says so in its flag's help.
@@ -197,7 +199,10 @@ impl Batcher {
     /// Routes every record of a chunk to its shard's buffer. The chunk's bytes were
     /// counted as buffered by the source; they are released as records are acknowledged.
     pub fn route(&mut self, chunk: &Chunk) {
-        let now = Instant::now();
+        self.route_at(chunk, Instant::now());
+    }
+
+    fn route_at(&mut self, chunk: &Chunk, now: Instant) {
         for (key, data, rt) in chunk.iter() {
             if data.len() + key.len() > RECORD_MAX_BYTES {
                 // Only a trade with an absurd list of condition codes gets here.
@@ -256,11 +261,12 @@ impl Batcher {
         s.since.get_or_insert(now);
     }
 
+    /// Once the oldest buffered trade has waited `linger`, flushes every shard, not just
+    /// its own: batches that leave together share a request (see `collector`), and the
+    /// others only go out sooner than they had to.
     fn flush_due(&mut self, now: Instant) {
-        for i in 0..self.shards.len() {
-            if self.shards[i].since.is_some_and(|t| now >= t + self.config.linger) {
-                self.flush(i);
-            }
+        if self.next_deadline().is_some_and(|at| now >= at) {
+            self.flush_all();
         }
     }
 
@@ -409,10 +415,40 @@ mod tests {
         b.route(&chunk(&[("AAPL", 100)]));
         assert!(drain(&mut rxs).is_empty());
         let due = b.next_deadline().expect("a shard has data");
+        b.flush_due(due - Duration::from_millis(1));
+        assert!(drain(&mut rxs).is_empty(), "nothing is due before the linger");
         b.flush_due(due);
         let batches = drain(&mut rxs);
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].1.entries[0].trades(), 1);
         assert!(b.next_deadline().is_none());
+    }
+
+    #[test]
+    fn the_linger_flush_takes_every_shard_at_once() {
+        let config = BatcherConfig {
+            aggregation: true,
+            aggregate_max_bytes: 256 * 1024,
+            max_request_bytes: RECORD_MAX_BYTES,
+            linger: Duration::from_millis(5),
+        };
+        let (mut b, mut rxs) = batcher(config, 4);
+        let map = ShardMap::uniform(4);
+        // Two keys on different shards; the second arrives later, so it is not yet due.
+        let keys: Vec<String> = (0..64).map(|i| format!("K{i}")).collect();
+        let shard = |k: &String| map.index_of(wire::shard::hash_key(k));
+        let first = &keys[0];
+        let other = keys.iter().find(|k| shard(k) != shard(first)).expect("keys spread");
+        let t0 = Instant::now();
+        b.route_at(&chunk(&[(first, 100)]), t0);
+        b.route_at(&chunk(&[(other, 100)]), t0 + Duration::from_millis(4));
+        let due = b.next_deadline().expect("a shard has data");
+        assert_eq!(due, t0 + Duration::from_millis(5), "the oldest trade sets the deadline");
+        b.flush_due(due);
+        let mut flushed: Vec<usize> = drain(&mut rxs).into_iter().map(|(i, _)| i).collect();
+        flushed.sort();
+        let mut expected = vec![shard(first), shard(other)];
+        expected.sort();
+        assert_eq!(flushed, expected);
     }
 }

@@ -17,6 +17,10 @@ pub const DEFAULT_SYMBOLS: &str = "AAPL,MSFT,AMZN,NVDA,TSLA,BINANCE:BTCUSDT,BINA
 /// dominates and a shard's 1,000 records/s limit caps throughput again.
 const MIN_AGGREGATE_BYTES: usize = 1024;
 
+/// Most PutRecords requests in flight at once. Each needs a connection; a few dozen
+/// carry hundreds of MiB/s, and more only hide a stalled endpoint behind open sockets.
+const MAX_IN_FLIGHT_REQUESTS: usize = 256;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Aggregation {
     /// Pack user records into KPL aggregated records (one trade costs a fraction of a
@@ -60,10 +64,15 @@ pub struct IngestorConfig {
     #[arg(long, env = "TICKPIPE_LINGER", value_parser = parse_duration, default_value = "20ms")]
     pub linger: Duration,
 
-    /// Largest PutRecords request to one shard, in bytes (at most 5 MiB; a shard accepts
-    /// 1 MiB/s, so larger requests only throttle).
+    /// Largest PutRecords request, in bytes of data and partition keys (1 MiB to 5 MiB).
+    /// Each request carries at most one batch per shard, from as many shards as fit.
     #[arg(long, env = "TICKPIPE_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024)]
     pub max_request_bytes: usize,
+
+    /// PutRecords requests sent at once, on pooled connections (1 to 256). While all are
+    /// out, the shards' next batches wait and then leave together in one request.
+    #[arg(long, env = "TICKPIPE_MAX_IN_FLIGHT_REQUESTS", default_value_t = 16)]
+    pub max_in_flight_requests: usize,
 
     /// Frames buffered between the websocket and the batcher.
     #[arg(long, env = "TICKPIPE_CHANNEL_FRAMES", default_value_t = 4096)]
@@ -214,6 +223,12 @@ impl IngestorConfig {
                 ),
             ));
         }
+        if !(1..=MAX_IN_FLIGHT_REQUESTS).contains(&self.max_in_flight_requests) {
+            return Err(bad(
+                "max-in-flight-requests",
+                format!("{} is outside 1..={MAX_IN_FLIGHT_REQUESTS}", self.max_in_flight_requests),
+            ));
+        }
         if self.linger.is_zero() || self.linger > Duration::from_secs(10) {
             return Err(bad("linger", "must be above 0 and at most 10s"));
         }
@@ -340,6 +355,8 @@ mod tests {
         assert!(e.contains("--aggregate-max-bytes") && e.contains("1024..="), "{e}");
         let e = parse(&["--max-request-bytes", "6000000"]).unwrap_err();
         assert!(e.contains("--max-request-bytes") && e.contains("5242880"), "{e}");
+        let e = parse(&["--max-in-flight-requests", "0"]).unwrap_err();
+        assert!(e.contains("--max-in-flight-requests") && e.contains("1..=256"), "{e}");
         let e = parse(&["--url", "http://x"]).unwrap_err();
         assert!(e.contains("--url"), "{e}");
         let e = parse(&["--linger", "20"]).unwrap_err();

@@ -1,17 +1,18 @@
 //! The tickpipe ingestor: Finnhub websocket in, Kinesis PutRecords out.
 //!
 //! ```text
-//! source (tokio task)        batcher (thread)            service (task per shard)
-//! websocket -> decode  ==>   route by shard -> pack  ->  PutRecords, retry failures
-//!              crossbeam      KPL aggregate / batch       backoff + jitter, in order,
-//!              (bounded)                  tokio mpsc          paced by a token bucket
+//! source (tokio task)     batcher (thread)          service (task per shard)   collector
+//! websocket -> decode ==> route by shard -> pack -> retry failures, in order, -> PutRecords
+//!             crossbeam   KPL aggregate / batch     backoff + jitter, paced     many shards
+//!             (bounded)               tokio mpsc    by a token bucket           per request
 //! ```
 //!
 //! - `config`: flags and their validation.
 //! - `source`: websocket connection, subscription, reconnects, silence watchdog.
 //! - `decode`: frames to user records, zero-copy, no allocation per trade.
 //! - `batcher`: shard prediction, aggregation, request building, linger.
-//! - `service`: PutRecords per shard with retries of only the failed records.
+//! - `service`: a shard's batches, in order, with retries of only the failed records.
+//! - `collector`: the batches of many shards packed into shared PutRecords requests.
 //! - `limiter`: each shard's write budget and throttling feedback.
 //! - `shards`: the shard map from ListShards (re-read periodically and on surprises).
 //! - `retry`: exponential backoff with full jitter.
@@ -23,6 +24,7 @@
 //! the deadline; [`Report`] then says what was sent and what was not.
 
 pub mod batcher;
+pub mod collector;
 pub mod config;
 pub mod decode;
 pub mod limiter;
@@ -41,10 +43,11 @@ use anyhow::Context as _;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{error, info, warn};
-use wire::limits::{SHARD_MAX_BYTES_PER_SEC, SHARD_MAX_RECORDS_PER_SEC};
+use wire::limits::{PUT_RECORDS_MAX_RECORDS, SHARD_MAX_BYTES_PER_SEC, SHARD_MAX_RECORDS_PER_SEC};
 use wire::shard::{Shard, ShardMap};
 
 use crate::batcher::{Batcher, BatcherConfig, ServiceFactory, ShardHandle};
+use crate::collector::{Collector, RequestLimits};
 use crate::config::{Aggregation, IngestorConfig, Listen};
 use crate::decode::Decoder;
 use crate::limiter::ShardLimiter;
@@ -139,7 +142,16 @@ pub async fn run(
     let fraction = config.shard_rate_fraction;
     let service_config = config.clone();
     let service_stats = stats.clone();
-    let service_client = client.clone();
+    let collector = Collector::start(
+        client.clone(),
+        config.stream.clone(),
+        RequestLimits {
+            max_records: PUT_RECORDS_MAX_RECORDS,
+            max_bytes: config.max_request_bytes,
+            max_in_flight: config.max_in_flight_requests,
+        },
+        stats.clone(),
+    );
     let service_stale = stale_map.clone();
     let runtime = Handle::current();
     let spawner = runtime.clone();
@@ -154,8 +166,7 @@ pub async fn run(
         });
         let service = ShardService {
             shard_id: shard.id.clone(),
-            client: service_client.clone(),
-            stream: service_config.stream.clone(),
+            collector: collector.clone(),
             backoff,
             max_attempts: service_config.put_max_attempts,
             limiter,

@@ -2,8 +2,8 @@
 //!
 //! A shard's batches are sent one at a time, in order, and a batch is retried until every
 //! record in it is acknowledged or its attempts run out. Holding the next batch back until
-//! then is what keeps each symbol's trades in order. Different shards run in parallel on
-//! one pooled HTTP client.
+//! then is what keeps each symbol's trades in order. Different shards run in parallel;
+//! their batches travel together in shared requests (see `collector`).
 //!
 //! Retries use exponential backoff with full jitter. A request that timed out or broke in
 //! transport may still have been written; it is retried anyway (at least once beats at
@@ -13,15 +13,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::error::{DisplayErrorContext, SdkError};
-use aws_sdk_kinesis::operation::put_records::PutRecordsError;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use tokio::sync::{Notify, mpsc};
 use tracing::{error, warn};
 
 use crate::batcher::{Batch, Entry};
+use crate::collector::{Collector, Failure};
 use crate::limiter::ShardLimiter;
 use crate::retry::Backoff;
 use crate::source::now_us;
@@ -30,51 +28,11 @@ use crate::stats::{Dropped, Stats};
 /// The error code Kinesis gives a record refused for exceeding its shard's throughput.
 const THROTTLED: &str = "ProvisionedThroughputExceededException";
 
-/// How a failed PutRecords call should be handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// Retry; nothing was written.
-    Retry,
-    /// Retry; the request may have been written (timeout, broken connection).
-    RetryUncertain,
-    /// Do not retry: the request itself is wrong (bad stream, no permission).
-    Fatal,
-}
-
-/// Sorts a PutRecords error into retry or give up.
-pub fn classify(err: &SdkError<PutRecordsError>) -> Failure {
-    match err {
-        SdkError::ServiceError(ctx) => match ctx.err() {
-            PutRecordsError::ProvisionedThroughputExceededException(_)
-            | PutRecordsError::KmsThrottlingException(_)
-            | PutRecordsError::InternalFailureException(_) => Failure::Retry,
-            // A stream that is still being created comes back; attempts are bounded, so
-            // a stream that never appears still ends in a counted drop.
-            PutRecordsError::ResourceNotFoundException(_) => Failure::Retry,
-            PutRecordsError::InvalidArgumentException(_)
-            | PutRecordsError::AccessDeniedException(_)
-            | PutRecordsError::KmsAccessDeniedException(_)
-            | PutRecordsError::KmsDisabledException(_)
-            | PutRecordsError::KmsInvalidStateException(_)
-            | PutRecordsError::KmsNotFoundException(_)
-            | PutRecordsError::KmsOptInRequired(_) => Failure::Fatal,
-            _ => {
-                let status = ctx.raw().status().as_u16();
-                if status >= 500 || status == 429 { Failure::Retry } else { Failure::Fatal }
-            }
-        },
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            Failure::RetryUncertain
-        }
-        _ => Failure::Fatal,
-    }
-}
-
 /// Sends one shard's batches.
 pub struct ShardService {
     pub shard_id: String,
-    pub client: Client,
-    pub stream: String,
+    /// Packs this shard's batches into requests with other shards' batches.
+    pub collector: Collector,
     pub backoff: Backoff,
     pub max_attempts: u32,
     /// The shard's write budget; `None` leaves pacing to Kinesis (on-demand streams).
@@ -105,8 +63,8 @@ impl ShardService {
                     return;
                 }
             }
+            let bytes = pending.iter().map(Entry::billed_bytes).sum();
             if let Some(limiter) = &mut self.limiter {
-                let bytes = pending.iter().map(Entry::billed_bytes).sum();
                 let wait = limiter.reserve(pending.len(), bytes, Instant::now());
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
@@ -122,19 +80,8 @@ impl ShardService {
                         .expect("data and partition key, the required fields, are set")
                 })
                 .collect();
-            stats.put_requests.fetch_add(1, Relaxed);
-            stats.in_flight_requests.fetch_add(1, Relaxed);
-            let result = self
-                .client
-                .put_records()
-                .stream_name(&self.stream)
-                .set_records(Some(records))
-                .send()
-                .await;
-            stats.in_flight_requests.fetch_sub(1, Relaxed);
-            match result {
-                Ok(out) => {
-                    let results = out.records();
+            match self.collector.put(records, bytes).await {
+                Ok(results) => {
                     let mut failed = Vec::new();
                     let mut throttled = 0u64;
                     let now = now_us();
@@ -181,21 +128,13 @@ impl ShardService {
                     pending = failed;
                 }
                 Err(e) => {
-                    let failure = classify(&e);
-                    last_error = DisplayErrorContext(&e).to_string();
-                    if failure == Failure::Fatal {
+                    last_error = e.message;
+                    if e.failure == Failure::Fatal {
                         self.drop_all(&pending, Dropped::Rejected, &last_error);
                         break;
                     }
-                    if matches!(
-                        &e,
-                        SdkError::ServiceError(c)
-                            if matches!(c.err(), PutRecordsError::ResourceNotFoundException(_))
-                    ) {
+                    if e.stream_missing {
                         self.stale_map.notify_one();
-                    }
-                    if failure == Failure::RetryUncertain {
-                        stats.requests_uncertain.fetch_add(1, Relaxed);
                     }
                 }
             }

@@ -285,3 +285,32 @@ async fn the_shipped_capture_replays_through_the_ingestor_intact() -> anyhow::Re
     }
     Ok(())
 }
+
+/// The batches of different shards travel together: with six of eight shards busy, the
+/// sink sees several Kinesis records per PutRecords request (one per shard and request
+/// would be 1.0), and nothing is lost or reordered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_share_requests() -> anyhow::Result<()> {
+    let r = start(
+        5_000.0,
+        SinkConfig {
+            stream: "tickpipe-trades".into(),
+            shards: 8,
+            limits: Some(ShardLimits::default()),
+            faults: FaultConfig::default(),
+        },
+    )
+    .await?;
+    let config = config(&r, &[])?;
+    let stats = ingest_until(&r, config, 10_000).await?;
+    let report = r.sink.report();
+    let (records, requests) = (report.stats.records_written, report.stats.put_requests);
+    assert_eq!(requests, stats.put_requests.load(Relaxed), "every request was counted");
+    assert!(records >= 2 * requests, "{records} records in {requests} requests");
+    assert_eq!(report.stats.reorders, 0);
+    assert_eq!(report.stats.trades - report.stats.duplicates, stats.summary().received);
+    for stop in r.stop {
+        let _ = stop.send(());
+    }
+    Ok(())
+}
