@@ -333,6 +333,12 @@ pub struct RunArgs {
     #[arg(long, env = "LOADGEN_RUN_TRADES")]
     pub trades: Option<u64>,
 
+    /// Leave trades received in the first part of the load out of the latency
+    /// percentiles, such as 3s, to report steady-state latency without start-up (new
+    /// connections, first allocations). Every trade is still counted and verified.
+    #[arg(long, env = "LOADGEN_RUN_WARMUP", value_parser = parse_duration, default_value = "0s")]
+    pub warmup: Duration,
+
     /// After the feed stops, how long the sink may go without a new trade before the
     /// ingestor is told to stop.
     #[arg(long, env = "LOADGEN_RUN_SETTLE", value_parser = parse_duration, default_value = "5s")]

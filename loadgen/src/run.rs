@@ -105,6 +105,8 @@ pub struct RunConfig {
     pub ingestor: Option<IngestorLaunch>,
     pub until: Until,
     pub settle: Duration,
+    /// Trades received in this first part of the load add no latency sample.
+    pub warmup: Duration,
     pub stop_timeout: Duration,
     pub progress_every: Duration,
     /// Print progress lines on stderr.
@@ -201,6 +203,7 @@ impl RunConfig {
                 trades: args.trades,
             },
             settle: args.settle,
+            warmup: args.warmup,
             stop_timeout: args.stop_timeout,
             progress_every: args.progress_every,
             print_progress: true,
@@ -228,6 +231,11 @@ impl RunConfig {
         }
         if self.settle.is_zero() {
             return invalid("--settle", "must be above zero, such as 5s".into());
+        }
+        if let Some(d) = self.until.duration
+            && self.warmup >= d
+        {
+            return invalid("--warmup", format!("must be shorter than --duration ({d:?})"));
         }
         if self.ingestor.is_some()
             && let Some(symbols) = ingestor_symbols(&self.feed.source)
@@ -384,6 +392,7 @@ impl Run {
             throttled: sink_report.stats.records_throttled,
             sent_per_sec: if load_secs > 0.0 { sent as f64 / load_secs } else { 0.0 },
             latency_us: sink_report.latency_us,
+            latency_warmup_secs: config.warmup.as_secs_f64(),
             feed: FeedUsage {
                 cpu_seconds: feed_cpu,
                 trades_per_cpu_second: if feed_cpu > 0.0 { sent as f64 / feed_cpu } else { 0.0 },
@@ -460,9 +469,14 @@ async fn drive(
     }
     let started = Instant::now();
     let mut progress = Progress::new(feed.stats(), sink.stats(), started);
+    let mut warming_up = !config.warmup.is_zero();
     loop {
         let sent = feed.stats().trades_sent;
         let elapsed = started.elapsed();
+        if warming_up && elapsed >= config.warmup {
+            sink.measure_latency_from_now();
+            warming_up = false;
+        }
         if config.until.duration.is_some_and(|d| elapsed >= d)
             || config.until.trades.is_some_and(|n| sent >= n)
         {

@@ -48,6 +48,7 @@ fn config(trades: u64) -> RunConfig {
         ingestor: None,
         until: Until { duration: None, trades: Some(trades) },
         settle: Duration::from_secs(5),
+        warmup: Duration::ZERO,
         stop_timeout: Duration::from_secs(10),
         progress_every: Duration::from_millis(200),
         print_progress: true,
@@ -211,6 +212,34 @@ async fn every_trade_forwarded_is_counted_once() {
     assert_eq!(json["trades_sent"], report.trades_sent);
     assert!(json["latency_us"]["p99.9"].is_u64(), "{json}");
     assert!(json["sink"]["records_written"].as_u64().unwrap() > 0, "{json}");
+}
+
+#[tokio::test]
+async fn a_warm_up_leaves_early_trades_out_of_latency_only() {
+    let config = RunConfig {
+        until: Until { duration: Some(Duration::from_millis(1500)), trades: None },
+        warmup: Duration::from_millis(500),
+        ..config(1)
+    };
+    let (report, _) = run_with_client(config, HONEST).await;
+    assert!(report.lossless(), "{report:#?}");
+    let samples = report.latency_us.samples;
+    assert!(samples > 0, "trades after the warm-up are measured");
+    assert!(samples < report.trades_received, "{samples} of {}", report.trades_received);
+    assert_eq!(report.latency_warmup_secs, 0.5);
+    assert!(report.table().contains("latency warm-up left out"));
+}
+
+#[test]
+fn a_warm_up_as_long_as_the_run_is_refused() {
+    let config = RunConfig {
+        until: Until { duration: Some(Duration::from_secs(2)), trades: None },
+        warmup: Duration::from_secs(2),
+        ..config(1)
+    };
+    let err = config.validate().unwrap_err();
+    assert!(matches!(err, RunError::InvalidConfig { flag: "--warmup", .. }), "{err}");
+    assert!(err.to_string().contains("shorter than --duration"), "{err}");
 }
 
 #[tokio::test]

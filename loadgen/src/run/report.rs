@@ -32,8 +32,11 @@ pub struct RunReport {
     pub throttled: u64,
     /// Mean trades per second the feed sent while load was driven.
     pub sent_per_sec: f64,
-    /// Receive (by the ingestor) to arrival (at the sink) latency, in µs.
+    /// Receive (by the ingestor) to arrival (at the sink) latency, in µs, of the trades
+    /// received after the warm-up.
     pub latency_us: LatencyReport,
+    /// The first part of the load left out of the latency figures, in seconds.
+    pub latency_warmup_secs: f64,
     pub feed: FeedUsage,
     /// Present when the run started the ingestor itself.
     pub ingestor: Option<IngestorUsage>,
@@ -79,6 +82,7 @@ impl RunReport {
             ("reordered", count(self.reordered)),
             ("throttled records", count(self.throttled)),
             ("sent rate", format!("{} trades/s", count(self.sent_per_sec.round() as u64))),
+            ("latency warm-up left out", format!("{:.1} s", self.latency_warmup_secs)),
             ("latency p50", micros(self.latency_us.p50)),
             ("latency p99", micros(self.latency_us.p99)),
             ("latency p99.9", micros(self.latency_us.p999)),

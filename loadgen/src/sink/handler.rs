@@ -226,7 +226,7 @@ async fn put_record(shared: &Shared, put: PutRecord<'_>) -> Result<Vec<u8>, ApiE
 }
 
 /// Microseconds since the Unix epoch, the unit of a user record's `rt`.
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
 }

@@ -191,6 +191,12 @@ impl SinkHandle {
         }
     }
 
+    /// Leaves trades the ingestor received before now out of the latency percentiles;
+    /// see [`crate::sink::Verifier::measure_latency_from`].
+    pub fn measure_latency_from_now(&self) {
+        lock(&self.shared.verifier).measure_latency_from(super::handler::now_us());
+    }
+
     /// Polls until at least `trades` trades have arrived, or `timeout` passes; returns the
     /// stats either way, for the caller to judge.
     pub async fn wait_for_trades(&self, trades: u64, timeout: Duration) -> SinkStats {

@@ -89,6 +89,8 @@ pub struct Verifier {
     /// comparing names is cheaper than hashing.
     last_source: Option<usize>,
     latency_us: Histogram<u64>,
+    /// Trades received before this time (µs since the epoch) add no latency sample.
+    latency_from_us: u64,
     totals: VerifyTotals,
 }
 
@@ -106,8 +108,17 @@ impl Verifier {
             last_source: None,
             latency_us: Histogram::new(LATENCY_SIGFIGS)
                 .expect("3 significant figures is within hdrhistogram's 0 to 5"),
+            latency_from_us: 0,
             totals: VerifyTotals::default(),
         }
+    }
+
+    /// From now on, leaves trades received before `rt_us` out of the latency histogram,
+    /// and forgets the samples already taken of such trades: a warm-up's latency says
+    /// nothing about the steady state. Counts, duplicates and order still cover them.
+    pub fn measure_latency_from(&mut self, rt_us: u64) {
+        self.latency_from_us = rt_us;
+        self.latency_us.reset();
     }
 
     /// Checks one trade that arrived at `arrival_us` (µs since the Unix epoch).
@@ -124,6 +135,9 @@ impl Verifier {
             None => {
                 source.last_seq_by_symbol.insert(symbol.into(), seq);
             }
+        }
+        if rt_us < self.latency_from_us {
+            return;
         }
         // A receive time after arrival means the clocks disagree (or the record lies);
         // it counts as zero latency rather than vanishing from the histogram.
@@ -258,6 +272,20 @@ mod tests {
         assert_eq!(v.latency_us().len(), 6);
         assert_eq!(v.latency_us().max(), 1_000);
         assert_eq!(v.latency_us().min(), 0);
+    }
+
+    #[test]
+    fn a_warm_up_is_left_out_of_latency_but_not_out_of_the_checks() {
+        let mut v = Verifier::new();
+        v.observe("i1", "A", 0, 1_000, 900_000); // a slow start
+        v.measure_latency_from(2_000);
+        assert!(v.latency_us().is_empty(), "samples of the warm-up are forgotten");
+        v.observe("i1", "A", 1, 1_500, 800_000); // received during the warm-up
+        v.observe("i1", "A", 2, 2_000, 2_300);
+        v.observe("i1", "A", 2, 2_000, 2_400); // still a duplicate
+        assert_eq!(v.totals(), VerifyTotals { trades: 4, duplicates: 1, reorders: 0 });
+        assert_eq!(v.latency_us().len(), 1);
+        assert_eq!(v.latency_us().max(), 300);
     }
 
     #[test]
