@@ -71,14 +71,19 @@ fn producer(c: &mut Criterion) {
             };
             let mut batcher =
                 Batcher::new(config, ShardMap::uniform(SHARDS), factory, stats.clone());
-            let mut decoder = Decoder::new("bench.1".into(), stats);
+            let (spare_tx, spare_rx) = ingestor::decode::spares(64);
+            let mut decoder = Decoder::new("bench.1".into(), stats).with_spares(spare_rx);
             let mut scratch = Vec::new();
             b.iter(|| {
                 for frame in &frames {
                     scratch.clear();
                     scratch.extend_from_slice(frame);
-                    if let Decoded::Trades(chunk) = decoder.decode(&mut scratch, 1) {
+                    let mut chunk = decoder.chunk();
+                    if let Decoded::Trades(_) = decoder.decode(&mut scratch, 1, &mut chunk) {
                         batcher.route(&chunk);
+                    }
+                    if let Some(spare) = chunk.recycle() {
+                        let _ = spare_tx.try_send(spare);
                     }
                 }
                 batcher.flush_all();

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tracing::{error, info};
@@ -38,13 +38,16 @@ use wire::limits::{PUT_RECORDS_MAX_RECORDS, RECORD_MAX_BYTES};
 use wire::shard::{Shard, ShardMap};
 
 use crate::decode::Chunk;
+use crate::stats::{Dropped, Stats};
 
 /// Records per request without aggregation: a twentieth of a shard's 1,000 records/s,
 /// so that the one request that overdraws the shard's budget cannot push a one-second
 /// window over the limit (see `limiter`). Far below the API's 500.
 const PLAIN_MAX_RECORDS_PER_REQUEST: usize = 50;
 const _: () = assert!(PLAIN_MAX_RECORDS_PER_REQUEST <= PUT_RECORDS_MAX_RECORDS);
-use crate::stats::{Dropped, Stats};
+
+/// Partition keys whose shard is remembered; far above any real subscription list.
+const MAX_CACHED_KEYS: usize = 100_000;
 
 /// One Kinesis record on its way to PutRecords.
 #[derive(Debug, Clone)]
@@ -90,8 +93,6 @@ struct ShardBuffer {
     agg_budget: usize,
     plain: Vec<Entry>,
     plain_bytes: usize,
-    /// When the oldest trade still buffered here arrived.
-    since: Option<Instant>,
 }
 
 /// A running shard service: its queue and, when it runs on a runtime, its task.
@@ -107,8 +108,13 @@ pub struct Batcher {
     config: BatcherConfig,
     map: ShardMap,
     /// Shard index per partition key; symbols are few, MD5 per trade is not free.
-    shard_of: HashMap<String, usize>,
+    shard_of: HashMap<String, usize, foldhash::fast::RandomState>,
     shards: Vec<ShardBuffer>,
+    /// When the oldest trade buffered since the last linger flush arrived. A shard that
+    /// filled up and was sent since then may leave only younger trades behind; they go
+    /// out with the next linger flush a little early, which costs nothing, and the
+    /// batcher need not look at every shard after every chunk to find its deadline.
+    oldest: Option<Instant>,
     services: Vec<ShardHandle>,
     start_service: ServiceFactory,
     stats: Arc<Stats>,
@@ -124,7 +130,8 @@ impl Batcher {
         let shards = (0..map.len()).map(|_| ShardBuffer::default()).collect();
         let services = map.shards().iter().map(&mut start_service).collect();
         stats.shards.store(map.len(), Relaxed);
-        Self { config, map, shard_of: HashMap::new(), shards, services, start_service, stats }
+        let shard_of = HashMap::default();
+        Self { config, map, shard_of, shards, oldest: None, services, start_service, stats }
     }
 
     /// Runs until the source hangs up, then flushes everything, waits for the shard
@@ -134,14 +141,26 @@ impl Batcher {
     /// chunks: everything buffered is flushed to the old services, they are drained, and
     /// only then do the new services start. A symbol that moves to another shard thus
     /// never has a newer trade written before an older one is acknowledged.
-    pub fn run(mut self, rx: Receiver<Chunk>, maps: Receiver<ShardMap>, runtime: Handle) {
+    pub fn run(
+        mut self,
+        rx: Receiver<Chunk>,
+        spares: Sender<Chunk>,
+        maps: Receiver<ShardMap>,
+        runtime: Handle,
+    ) {
         loop {
             let msg = match self.next_deadline() {
                 Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match msg {
-                Ok(chunk) => self.route(&chunk),
+                Ok(chunk) => {
+                    self.route(&chunk);
+                    // A full pool means the decoder has spares enough; this one is freed.
+                    if let Some(spare) = chunk.recycle() {
+                        let _ = spares.try_send(spare);
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -157,6 +176,7 @@ impl Batcher {
 
     /// Sends whatever every shard has buffered, without waiting.
     pub fn flush_all(&mut self) {
+        self.oldest = None;
         for i in 0..self.shards.len() {
             self.flush(i);
         }
@@ -184,7 +204,7 @@ impl Batcher {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.shards.iter().filter_map(|s| s.since).min().map(|t| t + self.config.linger)
+        self.oldest.map(|t| t + self.config.linger)
     }
 
     fn shard_index(&mut self, key: &str) -> usize {
@@ -192,6 +212,10 @@ impl Batcher {
             return i;
         }
         let i = self.map.index_of(wire::shard::hash_key(key));
+        if self.shard_of.len() >= MAX_CACHED_KEYS {
+            // A feed sending ever new symbols must not grow the cache without bound.
+            self.shard_of.clear();
+        }
         self.shard_of.insert(key.to_owned(), i);
         i
     }
@@ -226,20 +250,23 @@ impl Batcher {
 
     fn push_aggregated(&mut self, i: usize, key: &str, data: &[u8], rt: u64, now: Instant) {
         let max = self.config.aggregate_max_bytes;
-        let s = &self.shards[i];
-        // The aggregated record travels under its first user record's partition key,
-        // which Kinesis bills along with the data.
-        if !s.agg.is_empty() && s.agg.len_with(key, data.len()) + s.agg_key_len > max {
-            self.flush(i);
-        }
         let s = &mut self.shards[i];
         if s.agg.is_empty() {
             s.agg_key_len = key.len();
         }
-        s.agg.push(key, data);
+        // The aggregated record travels under its first user record's partition key,
+        // which Kinesis bills along with the data.
+        let limit = max.saturating_sub(s.agg_key_len);
+        if !s.agg.push_within(key, data, limit) {
+            self.flush(i);
+            let s = &mut self.shards[i];
+            s.agg_key_len = key.len();
+            s.agg.push(key, data);
+        }
+        let s = &mut self.shards[i];
         s.agg_times.push(rt);
         s.agg_budget += data.len() + key.len();
-        s.since.get_or_insert(now);
+        self.oldest.get_or_insert(now);
     }
 
     fn push_plain(&mut self, i: usize, key: &str, data: &[u8], rt: u64, now: Instant) {
@@ -258,7 +285,7 @@ impl Batcher {
             budget: bytes,
         });
         s.plain_bytes += bytes;
-        s.since.get_or_insert(now);
+        self.oldest.get_or_insert(now);
     }
 
     /// Once the oldest buffered trade has waited `linger`, flushes every shard, not just
@@ -273,7 +300,6 @@ impl Batcher {
     /// Sends whatever shard `i` has buffered as one batch.
     fn flush(&mut self, i: usize) {
         let s = &mut self.shards[i];
-        s.since = None;
         let entries = if let Some((data, partition_key)) = s.agg.finish() {
             let receive_times = std::mem::take(&mut s.agg_times);
             let budget = std::mem::take(&mut s.agg_budget);

@@ -2,8 +2,10 @@
 //!
 //! A websocket frame is parsed in place ([`wire::finnhub::decode_with_buffers`]); each
 //! valid trade is numbered, stamped with its receive time and written straight into the
-//! [`Chunk`] that carries the frame's user records to the batcher. Nothing is allocated
-//! per trade: a chunk holds all of a frame's records in two byte buffers.
+//! [`Chunk`] that carries user records to the batcher. Nothing is allocated per trade: a
+//! chunk holds the records of one or more frames in two byte buffers, and the batcher
+//! hands emptied chunks back for reuse, so that in the steady state nothing is allocated
+//! per frame either.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -14,7 +16,7 @@ use wire::record::{self, Receipt};
 
 use crate::stats::{Rejected, Stats};
 
-/// The user records of one frame, on their way to the batcher.
+/// The user records of one or more frames, on their way to the batcher.
 #[derive(Debug, Default)]
 pub struct Chunk {
     /// User records back to back.
@@ -53,12 +55,40 @@ impl Chunk {
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
+
+    /// Empties the chunk for reuse; `None` when it grew too big to be worth keeping.
+    pub fn recycle(mut self) -> Option<Chunk> {
+        if self.data.capacity() > MAX_RECYCLED_BYTES {
+            return None;
+        }
+        self.data.clear();
+        self.keys.clear();
+        self.records.clear();
+        Some(self)
+    }
+}
+
+/// A chunk this full is passed on without waiting for more frames; a few hundred trades,
+/// enough to make the hand-off cheap per trade, small enough to keep latency low.
+pub const CHUNK_FULL_BYTES: usize = 32 * 1024;
+
+/// Chunks with more data capacity than this (grown by a rare huge frame) are freed rather
+/// than reused, so the pool of spares never pins that memory.
+const MAX_RECYCLED_BYTES: usize = 4 * CHUNK_FULL_BYTES;
+
+/// Emptied chunks on their way back from the batcher to the decoder.
+pub type Spares = (crossbeam_channel::Sender<Chunk>, crossbeam_channel::Receiver<Chunk>);
+
+/// A pool for `n` spare chunks.
+pub fn spares(n: usize) -> Spares {
+    crossbeam_channel::bounded(n)
 }
 
 /// What a frame amounted to, for the source's bookkeeping.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decoded {
-    Trades(Chunk),
+    /// This many trades were appended to the chunk.
+    Trades(usize),
     /// Liveness only.
     Ping,
     /// Nothing to pass on (an empty trade list, an error frame, a rejected frame).
@@ -71,11 +101,19 @@ pub struct Decoder {
     next_seq: u64,
     buffers: simd_json::Buffers,
     stats: Arc<Stats>,
+    /// Emptied chunks to fill before allocating new ones.
+    spares: Option<crossbeam_channel::Receiver<Chunk>>,
 }
 
 impl Decoder {
     pub fn new(src: Arc<str>, stats: Arc<Stats>) -> Self {
-        Self { src, next_seq: 0, buffers: simd_json::Buffers::default(), stats }
+        Self { src, next_seq: 0, buffers: simd_json::Buffers::default(), stats, spares: None }
+    }
+
+    /// Takes chunks to fill from `spares` (see [`Chunk::recycle`]) when there are any.
+    pub fn with_spares(mut self, spares: crossbeam_channel::Receiver<Chunk>) -> Self {
+        self.spares = Some(spares);
+        self
     }
 
     /// The sequence number the next trade will get; also the count of trades numbered.
@@ -83,8 +121,14 @@ impl Decoder {
         self.next_seq
     }
 
-    /// Decodes one text frame received at `rt_us` (microseconds since the epoch).
-    pub fn decode(&mut self, payload: &mut [u8], rt_us: u64) -> Decoded {
+    /// An empty chunk to decode into: a spare one when there is one.
+    pub fn chunk(&self) -> Chunk {
+        self.spares.as_ref().and_then(|s| s.try_recv().ok()).unwrap_or_default()
+    }
+
+    /// Decodes one text frame received at `rt_us` (microseconds since the epoch),
+    /// appending its valid trades to `chunk`.
+    pub fn decode(&mut self, payload: &mut [u8], rt_us: u64, chunk: &mut Chunk) -> Decoded {
         self.stats.frames.fetch_add(1, Relaxed);
         let frame = match finnhub::decode_with_buffers(payload, &mut self.buffers) {
             Ok(f) => f,
@@ -105,11 +149,10 @@ impl Decoder {
         };
         match frame {
             Frame::Trades(trades) => {
-                let mut chunk = Chunk {
-                    data: Vec::with_capacity(trades.len() * 160),
-                    keys: String::with_capacity(trades.len() * 8),
-                    records: Vec::with_capacity(trades.len()),
-                };
+                let before = chunk.len();
+                chunk.data.reserve(trades.len() * 160);
+                chunk.keys.reserve(trades.len() * 8);
+                chunk.records.reserve(trades.len());
                 let mut invalid = 0u64;
                 for t in &trades {
                     if let Err(why) = t.validate() {
@@ -133,8 +176,9 @@ impl Decoder {
                         warn!(invalid = before + invalid, "skipped trades that failed validation");
                     }
                 }
-                self.stats.trades_received.fetch_add(chunk.len() as u64, Relaxed);
-                if chunk.is_empty() { Decoded::Nothing } else { Decoded::Trades(chunk) }
+                let added = chunk.len() - before;
+                self.stats.trades_received.fetch_add(added as u64, Relaxed);
+                if added == 0 { Decoded::Nothing } else { Decoded::Trades(added) }
             }
             Frame::Ping => {
                 self.stats.pings.fetch_add(1, Relaxed);
@@ -169,15 +213,20 @@ mod tests {
     }
 
     fn feed(d: &mut Decoder, text: &str) -> Decoded {
+        feed_into(d, text, &mut Chunk::default())
+    }
+
+    fn feed_into(d: &mut Decoder, text: &str, chunk: &mut Chunk) -> Decoded {
         let mut buf = text.as_bytes().to_vec();
-        d.decode(&mut buf, 42)
+        d.decode(&mut buf, 42, chunk)
     }
 
     #[test]
     fn trades_become_numbered_user_records() {
         let (mut d, stats) = decoder();
         let text = r#"{"type":"trade","data":[{"s":"AAPL","p":1.5,"t":10,"v":2},{"s":"MSFT","p":3,"t":11,"v":0}]}"#;
-        let Decoded::Trades(chunk) = feed(&mut d, text) else { panic!("no trades") };
+        let mut chunk = Chunk::default();
+        assert_eq!(feed_into(&mut d, text, &mut chunk), Decoded::Trades(2));
         let recs: Vec<_> = chunk.iter().collect();
         assert_eq!(recs.len(), 2);
         assert_eq!(recs[0].0, "AAPL");
@@ -189,6 +238,28 @@ mod tests {
         );
         assert_eq!(stats.trades_received.load(Relaxed), 2);
         assert_eq!(d.next_seq(), 2);
+    }
+
+    #[test]
+    fn frames_append_to_one_chunk_in_order() {
+        let (mut d, _) = decoder();
+        let mut chunk = Chunk::default();
+        let one = r#"{"type":"trade","data":[{"s":"A","p":1,"t":1,"v":1}]}"#;
+        let two =
+            r#"{"type":"trade","data":[{"s":"BB","p":2,"t":2,"v":1},{"s":"C","p":3,"t":3,"v":1}]}"#;
+        assert_eq!(feed_into(&mut d, one, &mut chunk), Decoded::Trades(1));
+        assert_eq!(feed_into(&mut d, two, &mut chunk), Decoded::Trades(2));
+        let got: Vec<(String, u64, f64)> = chunk
+            .iter()
+            .map(|(key, data, _)| {
+                let r = wire::record::decode(data).unwrap();
+                (key.to_owned(), r.seq, r.price)
+            })
+            .collect();
+        let want = [("A", 0, 1.0), ("BB", 1, 2.0), ("C", 2, 3.0)].map(|(k, s, p)| (k.into(), s, p));
+        assert_eq!(got, want);
+        let spare = chunk.recycle().expect("a small chunk is kept for reuse");
+        assert!(spare.is_empty() && spare.data.capacity() > 0);
     }
 
     #[test]
@@ -221,7 +292,8 @@ mod tests {
         // A number out of range: only that trade is refused, its neighbour passes.
         let mixed =
             r#"{"type":"trade","data":[{"s":"A","p":-1,"t":1,"v":1},{"s":"B","p":2,"t":1,"v":1}]}"#;
-        let Decoded::Trades(chunk) = feed(&mut d, mixed) else { panic!("no trades") };
+        let mut chunk = Chunk::default();
+        assert_eq!(feed_into(&mut d, mixed, &mut chunk), Decoded::Trades(1));
         assert_eq!(chunk.len(), 1);
         assert_eq!(stats.trades_invalid.load(Relaxed), 1);
         // Numbering counts only trades passed on.

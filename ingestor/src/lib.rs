@@ -56,6 +56,10 @@ use crate::service::ShardService;
 use crate::source::{FeedUrl, Source};
 use crate::stats::{Dropped, Stats, Summary};
 
+/// Emptied chunks kept for reuse between the batcher and the decoder: enough to cover the
+/// frames in flight between them when the batcher keeps up.
+const SPARE_CHUNKS: usize = 64;
+
 /// What a run did, for the final log line and the exit code.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -188,6 +192,7 @@ pub async fn run(
     ));
 
     let (chunk_tx, chunk_rx) = crossbeam_channel::bounded(config.channel_frames);
+    let (spare_tx, spare_rx) = decode::spares(SPARE_CHUNKS);
     let batcher = Batcher::new(
         BatcherConfig {
             aggregation: config.aggregation == Aggregation::On,
@@ -201,14 +206,14 @@ pub async fn run(
     );
     let batcher = std::thread::Builder::new()
         .name("batcher".into())
-        .spawn(move || batcher.run(chunk_rx, map_rx, runtime))
+        .spawn(move || batcher.run(chunk_rx, spare_tx, map_rx, runtime))
         .context("starting the batcher thread")?;
 
     let source = Source {
         url,
         symbols: config.symbol_list(),
         config: config.clone(),
-        decoder: Decoder::new(src.into(), stats.clone()),
+        decoder: Decoder::new(src.into(), stats.clone()).with_spares(spare_rx),
         out: chunk_tx,
         stats: stats.clone(),
         shutdown: stop_rx.clone(),

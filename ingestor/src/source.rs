@@ -9,9 +9,11 @@
 //! Reconnects use exponential backoff with full jitter; a watchdog reconnects when the
 //! feed falls silent for longer than the configured timeout.
 
+use std::future::Future as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use crossbeam_channel::{Sender, TrySendError};
@@ -28,7 +30,7 @@ use tracing::{error, info, warn};
 use wire::finnhub::ClientMessage;
 
 use crate::config::IngestorConfig;
-use crate::decode::{Chunk, Decoded, Decoder};
+use crate::decode::{CHUNK_FULL_BYTES, Chunk, Decoder};
 use crate::retry::Backoff;
 use crate::stats::{Rejected, Stats};
 
@@ -274,55 +276,109 @@ impl Source {
     }
 
     /// Subscribes and reads one connection until it ends. `Ok` means shutdown was asked
-    /// for; the flag says whether any frame arrived, which resets the backoff.
-    async fn session(&mut self, mut ws: Socket) -> (Result<(), SourceError>, bool) {
+    /// for; the flag says whether any frame arrived, which resets the backoff. Trades
+    /// decoded but not yet passed on are handed off before it returns, whatever the end.
+    async fn session(&mut self, ws: Socket) -> (Result<(), SourceError>, bool) {
+        let mut open = self.decoder.chunk();
+        let mut received = false;
+        let end = self.read_frames(ws, &mut open, &mut received).await;
+        if !open.is_empty()
+            && let Err(e) = self.hand_off(open)
+        {
+            return (Err(e), received);
+        }
+        (end, received)
+    }
+
+    /// Reads frames into `open`, passing it on whenever the socket has nothing more to
+    /// give at once or the chunk is full. Frames that arrive back to back thus travel
+    /// together, and the batcher wakes once per burst instead of once per frame.
+    async fn read_frames(
+        &mut self,
+        mut ws: Socket,
+        open: &mut Chunk,
+        received: &mut bool,
+    ) -> Result<(), SourceError> {
         for symbol in &self.symbols {
             let msg = ClientMessage::Subscribe(symbol).to_json();
             let frame = Frame::text(Payload::Owned(msg.into_bytes()));
-            if let Err(e) = ws.write_frame(frame).await {
-                return (Err(SourceError::Websocket(e)), false);
-            }
+            ws.write_frame(frame).await.map_err(SourceError::Websocket)?;
         }
         let silence = self.config.silence_timeout;
-        let mut received = false;
+        let mut last_frame = Instant::now();
+        // One timer for the whole connection, moved forward only when it fires: arming
+        // a timer per frame would cost more than the frame's trades.
+        let mut watchdog = std::pin::pin!(tokio::time::sleep(silence));
+        let mut retry = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+        let out = self.out.clone();
+        let stats = self.stats.clone();
+        let max_buffered = self.config.max_buffered_bytes as i64;
         loop {
-            let frame = tokio::select! {
-                r = tokio::time::timeout(silence, ws.read_frame()) => r,
-                _ = self.shutdown.changed() => {
-                    let _ = ws.write_frame(Frame::close(1000, b"shutting down")).await;
-                    return (Ok(()), received);
+            let step = {
+                let read = ws.read_frame();
+                let mut read = std::pin::pin!(read);
+                let mut passed_on = false;
+                let decoder = &self.decoder;
+                let next = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = read.as_mut().poll(cx) {
+                        return Poll::Ready(Ok(r));
+                    }
+                    // Nothing more is waiting on the socket: pass on what was decoded.
+                    // When the producer has no room, offer it again shortly.
+                    if !passed_on && !open.is_empty() {
+                        passed_on = try_hand_off(&out, &stats, open, max_buffered, decoder);
+                        if !passed_on {
+                            retry.as_mut().reset(tokio::time::Instant::now() + HAND_OFF_RETRY);
+                            let _ = retry.as_mut().poll(cx);
+                        }
+                    }
+                    while watchdog.as_mut().poll(cx).is_ready() {
+                        let quiet_until = last_frame + silence;
+                        if Instant::now() >= quiet_until {
+                            return Poll::Ready(Err(SourceError::Silence(silence)));
+                        }
+                        watchdog.as_mut().reset(quiet_until.into());
+                    }
+                    Poll::Pending
+                });
+                tokio::select! {
+                    r = next => Some(r),
+                    _ = self.shutdown.changed() => None,
                 }
             };
+            let Some(frame) = step else {
+                let _ = ws.write_frame(Frame::close(1000, b"shutting down")).await;
+                return Ok(());
+            };
+            let frame = frame?;
             let mut frame = match frame {
-                Err(_) => return (Err(SourceError::Silence(silence)), received),
-                Ok(Err(WebSocketError::FrameTooLarge)) => {
+                Err(WebSocketError::FrameTooLarge) => {
                     self.stats.reject_frame(Rejected::Oversized);
-                    let max = self.config.max_frame_bytes;
-                    return (Err(SourceError::Oversized(max)), received);
+                    return Err(SourceError::Oversized(self.config.max_frame_bytes));
                 }
-                Ok(Err(WebSocketError::ConnectionClosed | WebSocketError::UnexpectedEOF)) => {
-                    return (Err(SourceError::Closed), received);
+                Err(WebSocketError::ConnectionClosed | WebSocketError::UnexpectedEOF) => {
+                    return Err(SourceError::Closed);
                 }
-                Ok(Err(e)) => return (Err(SourceError::Websocket(e)), received),
-                Ok(Ok(f)) => f,
+                Err(e) => return Err(SourceError::Websocket(e)),
+                Ok(f) => f,
             };
-            received = true;
+            *received = true;
+            last_frame = Instant::now();
             match frame.opcode {
                 OpCode::Text => {
                     let rt = now_us();
-                    if let Decoded::Trades(chunk) = self.decoder.decode(frame.payload.to_mut(), rt)
-                    {
+                    self.decoder.decode(frame.payload.to_mut(), rt, open);
+                    if open.data.len() >= CHUNK_FULL_BYTES {
                         self.wait_for_room().await;
-                        if let Err(e) = self.hand_off(chunk) {
-                            return (Err(e), received);
-                        }
+                        let full = std::mem::replace(open, self.decoder.chunk());
+                        self.hand_off(full)?;
                     }
                 }
                 OpCode::Binary => {
                     self.stats.frames.fetch_add(1, Relaxed);
                     self.stats.reject_frame(Rejected::Binary);
                 }
-                OpCode::Close => return (Err(SourceError::Closed), received),
+                OpCode::Close => return Err(SourceError::Closed),
                 _ => {}
             }
         }
@@ -350,8 +406,9 @@ impl Source {
         }
     }
 
+    /// Passes `chunk` on, blocking while the channel is full.
     fn hand_off(&self, chunk: Chunk) -> Result<(), SourceError> {
-        let bytes = (chunk.data.len() + chunk.keys.len()) as i64;
+        let bytes = chunk_bytes(&chunk);
         self.stats.buffered_bytes.fetch_add(bytes, Relaxed);
         match self.out.try_send(chunk) {
             Ok(()) => Ok(()),
@@ -369,6 +426,42 @@ impl Source {
                 self.stats.release(bytes as usize);
                 Err(SourceError::ProducerGone)
             }
+        }
+    }
+}
+
+/// How soon a chunk the producer had no room for is offered again while the socket is
+/// quiet. Only matters under backpressure, when the producer is seconds behind anyway.
+const HAND_OFF_RETRY: Duration = Duration::from_millis(5);
+
+/// Bytes a chunk counts against the buffer cap.
+fn chunk_bytes(chunk: &Chunk) -> i64 {
+    (chunk.data.len() + chunk.keys.len()) as i64
+}
+
+/// Passes `open` on if the producer has room, leaving an empty chunk in its place.
+/// Returns whether it did. A producer that went away is found out by the next blocking
+/// hand-off.
+fn try_hand_off(
+    out: &Sender<Chunk>,
+    stats: &Stats,
+    open: &mut Chunk,
+    max_buffered: i64,
+    decoder: &Decoder,
+) -> bool {
+    if stats.buffered_bytes.load(Relaxed) >= max_buffered {
+        return false;
+    }
+    let chunk = std::mem::replace(open, decoder.chunk());
+    let bytes = chunk_bytes(&chunk);
+    stats.buffered_bytes.fetch_add(bytes, Relaxed);
+    match out.try_send(chunk) {
+        Ok(()) => true,
+        Err(TrySendError::Full(chunk) | TrySendError::Disconnected(chunk)) => {
+            stats.buffered_bytes.fetch_sub(bytes, Relaxed);
+            // Back into place; the spare taken for it goes nowhere, which costs nothing.
+            *open = chunk;
+            false
         }
     }
 }

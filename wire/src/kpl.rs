@@ -69,8 +69,10 @@ pub struct Tag {
 pub struct Aggregator {
     /// Magic bytes followed by the encoded `records` fields.
     buf: Vec<u8>,
-    /// Partition key table: key to index, and the keys in index order.
-    key_index: HashMap<String, u64>,
+    /// Partition key table: key to index, and the keys in index order. Looked up twice
+    /// per user record, so it hashes with foldhash rather than SipHash; the keys come
+    /// from the ingestor's own subscriptions, so flooding is not a concern.
+    key_index: HashMap<String, u64, foldhash::fast::RandomState>,
     keys: Vec<String>,
     /// Encoded size of the partition key table fields.
     key_table_len: usize,
@@ -111,19 +113,40 @@ impl Aggregator {
 
     /// Appends one user record.
     pub fn push(&mut self, partition_key: &str, data: &[u8]) {
+        let index = self.key_index.get(partition_key).copied();
+        self.append(partition_key, index, data);
+    }
+
+    /// Appends one user record if the aggregated record stays within `max_len` bytes, or
+    /// if it is the first; returns whether it did. The same as [`Aggregator::len_with`]
+    /// followed by [`Aggregator::push`], with one key lookup instead of two.
+    pub fn push_within(&mut self, partition_key: &str, data: &[u8], max_len: usize) -> bool {
+        let index = self.key_index.get(partition_key).copied();
+        if self.records > 0 {
+            let (i, key_len) = match index {
+                Some(i) => (i, 0),
+                None => (self.keys.len() as u64, field_len(partition_key.len())),
+            };
+            if self.len() + key_len + field_len(record_len(i, data.len())) > max_len {
+                return false;
+            }
+        }
+        self.append(partition_key, index, data);
+        true
+    }
+
+    /// Appends a record whose key has table index `index`, or a new key when `None`.
+    fn append(&mut self, partition_key: &str, index: Option<u64>, data: &[u8]) {
         if self.records == 0 {
             self.buf.extend_from_slice(&MAGIC);
         }
-        let index = match self.key_index.get(partition_key) {
-            Some(&i) => i,
-            None => {
-                let i = self.keys.len() as u64;
-                self.key_index.insert(partition_key.to_owned(), i);
-                self.keys.push(partition_key.to_owned());
-                self.key_table_len += field_len(partition_key.len());
-                i
-            }
-        };
+        let index = index.unwrap_or_else(|| {
+            let i = self.keys.len() as u64;
+            self.key_index.insert(partition_key.to_owned(), i);
+            self.keys.push(partition_key.to_owned());
+            self.key_table_len += field_len(partition_key.len());
+            i
+        });
         self.buf.push(KEY_RECORDS);
         encode_varint(record_len(index, data.len()) as u64, &mut self.buf);
         self.buf.push(KEY_RECORD_PK_INDEX);
@@ -143,7 +166,10 @@ impl Aggregator {
         }
         // Protobuf readers accept fields in any order, so the key table goes after the
         // records; that lets records stream into the buffer without knowing the table.
-        let mut out = std::mem::take(&mut self.buf);
+        // The next record will likely be about as big as this one: reserving that much
+        // now saves the copies of growing a buffer from nothing.
+        let next = Vec::with_capacity(self.buf.capacity());
+        let mut out = std::mem::replace(&mut self.buf, next);
         out.reserve(self.key_table_len + DIGEST_LEN);
         for key in &self.keys {
             out.push(KEY_PARTITION_KEY_TABLE);
@@ -335,5 +361,41 @@ mod tests {
                 prop_assert_eq!(&o.data[..], &d[..]);
             }
         }
+
+        #[test]
+        fn push_within_fills_up_to_the_cap_and_no_further(
+            records in prop::collection::vec(("[A-Z]{1,5}", prop::collection::vec(any::<u8>(), 0..200)), 1..60),
+            max_len in 64usize..2000,
+        ) {
+            let mut agg = Aggregator::new();
+            let mut packed = Vec::new();
+            for (k, d) in &records {
+                let predicted = agg.len_with(k, d.len());
+                let first = agg.is_empty();
+                let pushed = agg.push_within(k, d, max_len);
+                prop_assert_eq!(pushed, first || predicted <= max_len);
+                if pushed {
+                    prop_assert_eq!(agg.len(), predicted);
+                    packed.push((k, d));
+                } else {
+                    let (bytes, _) = agg.finish().unwrap();
+                    let out = deaggregate(Bytes::from(bytes), "").unwrap();
+                    prop_assert_eq!(out.len(), packed.len());
+                    prop_assert!(out.len() == 1 || out_len_ok(&out, max_len));
+                    packed.clear();
+                    prop_assert!(agg.push_within(k, d, max_len), "an empty record takes anything");
+                    packed.push((k, d));
+                }
+            }
+        }
+    }
+
+    /// A record holding several user records never exceeds the cap it was packed to.
+    fn out_len_ok(out: &[UserRecordBytes], max_len: usize) -> bool {
+        let mut agg = Aggregator::new();
+        for r in out {
+            agg.push(&r.partition_key, &r.data);
+        }
+        agg.len() <= max_len
     }
 }
