@@ -1,8 +1,10 @@
 //! Frames in, user records out.
 //!
-//! A websocket frame is parsed in place ([`wire::finnhub::decode_with_buffers`]); each
-//! valid trade is numbered, stamped with its receive time and written straight into the
-//! [`Chunk`] that carries user records to the batcher. Nothing is allocated per trade: a
+//! A trade frame as Finnhub writes it is scanned ([`wire::finnhub::scan`]) and its fields
+//! copied as text; any other frame is parsed in place with simd-json
+//! ([`wire::finnhub::decode_with_buffers`]). Either way each valid trade is numbered,
+//! stamped with its receive time and written straight into the [`Chunk`] that carries
+//! user records to the batcher. Nothing is allocated per trade: a
 //! chunk holds the records of one or more frames in two byte buffers, and the batcher
 //! hands emptied chunks back for reuse, so that in the steady state nothing is allocated
 //! per frame either.
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use tracing::{debug, error, warn};
-use wire::finnhub::{self, Frame};
+use wire::finnhub::{self, Frame, scan};
 use wire::record::{self, Receipt};
 
 use crate::stats::{Rejected, Stats};
@@ -130,6 +132,42 @@ impl Decoder {
     /// appending its valid trades to `chunk`.
     pub fn decode(&mut self, payload: &mut [u8], rt_us: u64, chunk: &mut Chunk) -> Decoded {
         self.stats.frames.fetch_add(1, Relaxed);
+        if let Some(added) = self.scan(payload, rt_us, chunk) {
+            self.stats.trades_received.fetch_add(added as u64, Relaxed);
+            return if added == 0 { Decoded::Nothing } else { Decoded::Trades(added) };
+        }
+        self.parse(payload, rt_us, chunk)
+    }
+
+    /// The fast path: a trade frame in the scanner's subset, or `None` with `chunk` and
+    /// the numbering as they were.
+    fn scan(&mut self, payload: &[u8], rt_us: u64, chunk: &mut Chunk) -> Option<usize> {
+        let mark = (chunk.data.len(), chunk.keys.len(), chunk.records.len());
+        let first_seq = self.next_seq;
+        // User records run to about one and a half times the frame text of their trades.
+        chunk.data.reserve(payload.len() * 2);
+        let (src, next_seq) = (&*self.src, &mut self.next_seq);
+        let scanned = scan::trades(payload, |t| {
+            record::encode_raw(&mut chunk.data, t, Receipt { src, seq: *next_seq, rt_us });
+            *next_seq += 1;
+            chunk.keys.push_str(t.symbol);
+            chunk.records.push(RecordSpan {
+                key_end: chunk.keys.len() as u32,
+                data_end: chunk.data.len() as u32,
+                rt_us,
+            });
+        });
+        if scanned.is_none() {
+            chunk.data.truncate(mark.0);
+            chunk.keys.truncate(mark.1);
+            chunk.records.truncate(mark.2);
+            self.next_seq = first_seq;
+        }
+        scanned
+    }
+
+    /// The general path: any frame, parsed with simd-json.
+    fn parse(&mut self, payload: &mut [u8], rt_us: u64, chunk: &mut Chunk) -> Decoded {
         let frame = match finnhub::decode_with_buffers(payload, &mut self.buffers) {
             Ok(f) => f,
             Err(e) => {
@@ -260,6 +298,83 @@ mod tests {
         assert_eq!(got, want);
         let spare = chunk.recycle().expect("a small chunk is kept for reuse");
         assert!(spare.is_empty() && spare.data.capacity() > 0);
+    }
+
+    /// Every record of `chunk` as (partition key, decoded record, receive time).
+    fn records(chunk: &Chunk) -> Vec<(String, wire::record::UserRecord, u64)> {
+        chunk
+            .iter()
+            .map(|(k, d, rt)| (k.to_owned(), wire::record::decode(d).unwrap(), rt))
+            .collect()
+    }
+
+    /// The same frames through [`Decoder::decode`] and through the general path alone.
+    fn both_paths(frames: &[String]) -> (Chunk, Chunk) {
+        let ((mut fast, _), (mut general, _)) = (decoder(), decoder());
+        let (mut a, mut b) = (Chunk::default(), Chunk::default());
+        for f in frames {
+            let (mut x, mut y) = (f.clone().into_bytes(), f.clone().into_bytes());
+            assert_eq!(fast.decode(&mut x, 42, &mut a), general.parse(&mut y, 42, &mut b), "{f}");
+        }
+        assert_eq!(fast.next_seq(), general.next_seq());
+        (a, b)
+    }
+
+    #[test]
+    fn a_declined_scan_leaves_nothing_behind() {
+        // The scanner takes the first trade, then declines the escaped symbol: the
+        // general path must see the chunk and the numbering as they were.
+        let frames = [
+            r#"{"data":[{"s":"A","p":1,"t":1,"v":1}],"type":"trade"}"#.to_owned(),
+            r#"{"data":[{"s":"B","p":2,"t":2,"v":1},{"s":"C\u0044","p":3,"t":3,"v":1}],"type":"trade"}"#.to_owned(),
+            r#"{"data":[{"s":"E","p":4,"t":4,"v":1}],"type":"trade"}"#.to_owned(),
+        ];
+        let (fast, general) = both_paths(&frames);
+        let got = records(&fast);
+        assert_eq!(got, records(&general));
+        let keys: Vec<_> = got.iter().map(|(k, r, _)| (k.as_str(), r.seq)).collect();
+        assert_eq!(keys, [("A", 0), ("B", 1), ("CD", 2), ("E", 3)]);
+    }
+
+    proptest::proptest! {
+        /// Frames as the load generator's feed writes them: the scanner takes each one,
+        /// and the records are those the general path writes.
+        #[test]
+        fn scanned_frames_make_the_records_parsing_makes(
+            frames in proptest::collection::vec(
+                proptest::collection::vec(
+                    ("[A-Z:]{1,8}", 0.0f64..1e6, 0u64..2_000_000_000_000, 0.0f64..1e4, 0usize..3),
+                    0..6,
+                ),
+                1..5,
+            ),
+        ) {
+            let codes = ["1", "12", "37"];
+            let texts: Vec<String> = frames
+                .iter()
+                .map(|trades| {
+                    let trades: Vec<finnhub::Trade<'_>> = trades
+                        .iter()
+                        .map(|(s, p, t, v, c)| finnhub::Trade {
+                            symbol: s,
+                            price: *p,
+                            time_ms: *t,
+                            volume: *v,
+                            conditions: codes[..*c].iter().copied().collect(),
+                        })
+                        .collect();
+                    let mut out = Vec::new();
+                    finnhub::write_trade_frame(&mut out, &trades);
+                    String::from_utf8(out).unwrap()
+                })
+                .collect();
+            for t in &texts {
+                let (mut d, _) = decoder();
+                proptest::prop_assert!(d.scan(t.as_bytes(), 1, &mut Chunk::default()).is_some());
+            }
+            let (fast, general) = both_paths(&texts);
+            proptest::prop_assert_eq!(records(&fast), records(&general));
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! Server frames decode zero-copy: [`decode`] parses a frame buffer in place with simd-json
 //! (escaped strings are unescaped inside the buffer) and the returned [`Trade`]s borrow
 //! their symbol and condition codes from it. Nothing is allocated per trade; one `Vec` of
-//! trades is allocated per frame.
+//! trades is allocated per frame. [`scan::trades`] is the faster path for the common
+//! case: it reads a trade frame as Finnhub writes it without parsing the numbers, and
+//! declines anything else.
 //!
 //! The same module writes what the other side of the protocol sends, for the load
 //! generator's feed: trade frames, pings, errors, and the client's subscribe messages.
@@ -14,6 +16,8 @@ use std::fmt;
 
 use crate::json;
 use crate::limits::PARTITION_KEY_MAX_CHARS;
+
+pub mod scan;
 
 /// Condition codes kept inline before spilling to the heap. Finnhub trades carry at most
 /// four codes in practice, so the spill path exists only for correctness.

@@ -8,6 +8,7 @@
 
 use serde::Deserialize;
 
+use crate::finnhub::scan::RawTrade;
 use crate::finnhub::{Trade, write_codes};
 use crate::json;
 
@@ -36,6 +37,29 @@ pub fn encode(out: &mut Vec<u8>, trade: &Trade<'_>, receipt: Receipt<'_>) {
         out.extend_from_slice(br#","c":"#);
         write_codes(out, trade.conditions.as_slice());
     }
+    write_receipt(out, receipt);
+}
+
+/// Appends the user record of a trade read by [`crate::finnhub::scan`]: the same record as
+/// [`encode`] writes, except that numbers keep the text they arrived as (`43.0` stays
+/// `43.0`; [`encode`] would print `43`), which is the same value to any JSON reader.
+pub fn encode_raw(out: &mut Vec<u8>, trade: &RawTrade<'_>, receipt: Receipt<'_>) {
+    out.extend_from_slice(br#"{"s":"#);
+    json::write_str(out, trade.symbol);
+    out.extend_from_slice(br#","p":"#);
+    out.extend_from_slice(trade.price);
+    out.extend_from_slice(br#","v":"#);
+    out.extend_from_slice(trade.volume);
+    out.extend_from_slice(br#","t":"#);
+    out.extend_from_slice(trade.time_ms);
+    if !trade.conditions.is_empty() {
+        out.extend_from_slice(br#","c":"#);
+        out.extend_from_slice(trade.conditions);
+    }
+    write_receipt(out, receipt);
+}
+
+fn write_receipt(out: &mut Vec<u8>, receipt: Receipt<'_>) {
     out.extend_from_slice(br#","src":"#);
     json::write_str(out, receipt.src);
     out.extend_from_slice(br#","seq":"#);
@@ -121,6 +145,22 @@ mod tests {
         let back = decode(&out).unwrap();
         assert_eq!(back.symbol, "X\\Y");
         assert!(back.conditions.is_empty());
+    }
+
+    #[test]
+    fn raw_records_keep_the_numbers_as_received() {
+        let frame = br#"{"data":[{"s":"AAPL","p":146.760,"t":1628238530221,"v":43.0,"c":["1","24"]}],"type":"trade"}"#;
+        let mut out = Vec::new();
+        let receipt = Receipt { src: "i.1", seq: 7, rt_us: 9 };
+        let n = crate::finnhub::scan::trades(frame, |t| encode_raw(&mut out, t, receipt));
+        assert_eq!(n, Some(1));
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"s":"AAPL","p":146.760,"v":43.0,"t":1628238530221,"c":["1","24"],"src":"i.1","seq":7,"rt":9}"#
+        );
+        let back = decode(&out).unwrap();
+        assert_eq!((back.price, back.volume, back.seq), (146.76, 43.0, 7));
+        assert_eq!(back.conditions, ["1", "24"]);
     }
 
     #[test]
