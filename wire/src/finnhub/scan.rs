@@ -51,9 +51,9 @@ pub fn trades<'a>(frame: &'a [u8], mut each: impl FnMut(&RawTrade<'a>)) -> Optio
         let key = c.string()?;
         c.expect(b':')?;
         match key {
-            "data" if count.is_none() => count = Some(c.trade_list(&mut each)?),
-            "type" if !is_trade => {
-                if c.string()? != "trade" {
+            b"data" if count.is_none() => count = Some(c.trade_list(&mut each)?),
+            b"type" if !is_trade => {
+                if c.string()? != b"trade" {
                     return None;
                 }
                 is_trade = true;
@@ -95,24 +95,27 @@ impl<'a> Cursor<'a> {
     }
 
     /// A string of printable ASCII without escapes, after any whitespace; its contents.
-    fn string(&mut self) -> Option<&'a str> {
+    fn string(&mut self) -> Option<&'a [u8]> {
         self.skip_space();
         self.string_here()
     }
 
     /// Like [`Cursor::string`], starting exactly at the opening quote.
-    fn string_here(&mut self) -> Option<&'a str> {
+    fn string_here(&mut self) -> Option<&'a [u8]> {
         if self.buf.get(self.pos) != Some(&b'"') {
             return None;
         }
         let start = self.pos + 1;
-        let len = self.buf[start..].iter().position(|&b| b == b'"')?;
-        let text = &self.buf[start..start + len];
-        if text.iter().any(|&b| !(0x20..0x80).contains(&b) || b == b'\\') {
-            return None;
+        let mut end = start;
+        loop {
+            match *self.buf.get(end)? {
+                b'"' => break,
+                b'\\' | 0..0x20 | 0x80.. => return None,
+                _ => end += 1,
+            }
         }
-        self.pos = start + len + 1;
-        std::str::from_utf8(text).ok()
+        self.pos = end + 1;
+        Some(&self.buf[start..end])
     }
 
     fn digits(&mut self) -> usize {
@@ -209,11 +212,11 @@ impl<'a> Cursor<'a> {
             let key = self.string()?;
             self.expect(b':')?;
             match key {
-                "s" if symbol.is_none() => symbol = Some(self.string()?),
-                "p" if price.is_none() => price = Some(self.number(false)?),
-                "v" if volume.is_none() => volume = Some(self.number(false)?),
-                "t" if time_ms.is_none() => time_ms = Some(self.number(true)?),
-                "c" if conditions.is_none() => conditions = Some(self.conditions()?),
+                b"s" if symbol.is_none() => symbol = Some(self.string()?),
+                b"p" if price.is_none() => price = Some(self.number(false)?),
+                b"v" if volume.is_none() => volume = Some(self.number(false)?),
+                b"t" if time_ms.is_none() => time_ms = Some(self.number(true)?),
+                b"c" if conditions.is_none() => conditions = Some(self.conditions()?),
                 _ => return None,
             }
             match self.next()? {
@@ -224,6 +227,7 @@ impl<'a> Cursor<'a> {
         }
         // ASCII, so bytes are characters: the partition key limit is a length check.
         let symbol = symbol.filter(|s| !s.is_empty() && s.len() <= PARTITION_KEY_MAX_CHARS)?;
+        let symbol = std::str::from_utf8(symbol).ok()?;
         Some(RawTrade {
             symbol,
             price: price?,
