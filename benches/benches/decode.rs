@@ -1,11 +1,14 @@
-//! Frame decoding: simd-json zero-copy (what the ingestor runs) against serde_json on the
-//! same bytes, for frames of 1, 10 and 100 trades. Throughput reads as trades/s.
+//! Frame decoding for frames of 1, 10 and 100 trades, throughput as trades/s. `decode`:
+//! the strict scanner the ingestor tries first, simd-json zero-copy (its general path) and
+//! serde_json on the same bytes. `decode_encode`: frame to user records, scanner with the
+//! numbers copied as text against simd-json with the numbers printed again.
 //!
 //! `cargo bench -p tickpipe-benches --bench decode`
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde::Deserialize;
-use wire::finnhub::{Conditions, Trade, write_trade_frame};
+use wire::finnhub::{Conditions, Frame, Trade, scan, write_trade_frame};
+use wire::record::{self, Receipt};
 
 /// A frame shaped like Finnhub's: US equities with condition codes on some trades.
 fn frame(trades: usize) -> Vec<u8> {
@@ -70,6 +73,46 @@ fn decode(c: &mut Criterion) {
                 let frame: JsonFrame<'_> =
                     serde_json::from_slice(bytes).expect("the bench frame is valid");
                 std::hint::black_box(&frame);
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("scan", trades), &bytes, |b, bytes| {
+            b.iter(|| {
+                let n = scan::trades(bytes, |t| {
+                    std::hint::black_box(t);
+                });
+                assert_eq!(n, Some(trades), "the bench frame is in the scanner's subset");
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("decode_encode");
+    let receipt = Receipt { src: "ip-10-0-0-7.7f3a", seq: 81234, rt_us: 1_628_238_530_225_123 };
+    for trades in [1usize, 10, 100] {
+        let bytes = frame(trades);
+        group.throughput(Throughput::Elements(trades as u64));
+        let mut out = Vec::new();
+        group.bench_with_input(BenchmarkId::new("scan", trades), &bytes, |b, bytes| {
+            b.iter(|| {
+                out.clear();
+                scan::trades(bytes, |t| record::encode_raw(&mut out, t, receipt))
+                    .expect("the bench frame is in the scanner's subset");
+                std::hint::black_box(&out);
+            })
+        });
+        let mut buffers = simd_json::Buffers::default();
+        let mut scratch = bytes.clone();
+        group.bench_with_input(BenchmarkId::new("simd_json", trades), &bytes, |b, bytes| {
+            b.iter(|| {
+                out.clear();
+                scratch.copy_from_slice(bytes);
+                let frame = wire::finnhub::decode_with_buffers(&mut scratch, &mut buffers)
+                    .expect("the bench frame is valid");
+                let Frame::Trades(list) = frame else { panic!("the bench frame holds trades") };
+                for t in &list {
+                    record::encode(&mut out, t, receipt);
+                }
+                std::hint::black_box(&out);
             })
         });
     }
