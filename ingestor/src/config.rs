@@ -21,6 +21,10 @@ const MIN_AGGREGATE_BYTES: usize = 1024;
 /// carry hundreds of MiB/s, and more only hide a stalled endpoint behind open sockets.
 const MAX_IN_FLIGHT_REQUESTS: usize = 256;
 
+/// Most async worker threads. The work they share is light per trade; past a few dozen
+/// a larger count is a typo, not a plan.
+const MAX_WORKER_THREADS: usize = 64;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Aggregation {
     /// Pack user records into KPL aggregated records (one trade costs a fraction of a
@@ -73,6 +77,12 @@ pub struct IngestorConfig {
     /// out, the shards' next batches wait and then leave together in one request.
     #[arg(long, env = "TICKPIPE_MAX_IN_FLIGHT_REQUESTS", default_value_t = 16)]
     pub max_in_flight_requests: usize,
+
+    /// Threads for the Kinesis requests, the shard services and the metrics endpoint (1 to
+    /// 64); the websocket reader and the batcher have a thread each besides. One carries
+    /// 500,000 trades/s; more add hand-offs between threads before they add capacity.
+    #[arg(long, env = "TICKPIPE_WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
 
     /// Frames buffered between the websocket and the batcher.
     #[arg(long, env = "TICKPIPE_CHANNEL_FRAMES", default_value_t = 4096)]
@@ -229,6 +239,12 @@ impl IngestorConfig {
                 format!("{} is outside 1..={MAX_IN_FLIGHT_REQUESTS}", self.max_in_flight_requests),
             ));
         }
+        if !(1..=MAX_WORKER_THREADS).contains(&self.worker_threads) {
+            return Err(bad(
+                "worker-threads",
+                format!("{} is outside 1..={MAX_WORKER_THREADS}", self.worker_threads),
+            ));
+        }
         if self.linger.is_zero() || self.linger > Duration::from_secs(10) {
             return Err(bad("linger", "must be above 0 and at most 10s"));
         }
@@ -357,6 +373,8 @@ mod tests {
         assert!(e.contains("--max-request-bytes") && e.contains("5242880"), "{e}");
         let e = parse(&["--max-in-flight-requests", "0"]).unwrap_err();
         assert!(e.contains("--max-in-flight-requests") && e.contains("1..=256"), "{e}");
+        let e = parse(&["--worker-threads", "0"]).unwrap_err();
+        assert!(e.contains("--worker-threads") && e.contains("1..=64"), "{e}");
         let e = parse(&["--url", "http://x"]).unwrap_err();
         assert!(e.contains("--url"), "{e}");
         let e = parse(&["--linger", "20"]).unwrap_err();

@@ -43,8 +43,7 @@ struct Cli {
     log_json: bool,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // SAFETY: setting an option is a plain store that mimalloc reads on its next purge.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };
     let cli = Cli::parse();
@@ -58,10 +57,25 @@ async fn main() -> ExitCode {
         eprintln!("ingestor: {e}");
         return ExitCode::from(2);
     }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.config.worker_threads)
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(cli.config)),
+        Err(e) => {
+            eprintln!("ingestor: could not start the async runtime: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the pipeline on the runtime's main thread, which reads the websocket.
+async fn run(config: ingestor::config::IngestorConfig) -> ExitCode {
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let client = ingestor::kinesis_client(&sdk, &cli.config);
+    let client = ingestor::kinesis_client(&sdk, &config);
     let stats = Arc::new(ingestor::stats::Stats::default());
-    match ingestor::run(cli.config, client, stats, shutdown_signal()).await {
+    match ingestor::run(config, client, stats, shutdown_signal()).await {
         Ok(report) if report.summary.lossless() => ExitCode::SUCCESS,
         Ok(report) => {
             let s = report.summary;
