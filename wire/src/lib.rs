@@ -2,9 +2,11 @@
 //!
 //! Data flows through these modules in the order of the pipeline:
 //!
-//! - [`finnhub`]: the Finnhub websocket protocol. Frames decode with simd-json into
-//!   [`finnhub::Trade`]s that borrow their strings from the frame buffer; client messages
-//!   (subscribe, unsubscribe) and trade frames encode for the load generator's feed.
+//! - [`finnhub`]: the Finnhub websocket protocol. Trade frames as Finnhub writes them are
+//!   read by a strict scanner ([`finnhub::scan`]) that keeps each field's text; any frame
+//!   decodes with simd-json into [`finnhub::Trade`]s that borrow their strings from the
+//!   frame buffer. Client messages (subscribe, unsubscribe) and trade frames encode for
+//!   the load generator's feed.
 //! - [`record`]: the *user record*, one trade as written to Kinesis, compact JSON with the
 //!   ingestor's `src`, `seq` and `rt` added.
 //! - [`kpl`]: the KPL aggregation format that packs many user records into one Kinesis
