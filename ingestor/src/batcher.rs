@@ -118,6 +118,8 @@ pub struct Batcher {
     services: Vec<ShardHandle>,
     start_service: ServiceFactory,
     stats: Arc<Stats>,
+    /// Batches of a linger flush, sealed before any is sent (kept to reuse its memory).
+    sealed: Vec<(usize, Batch)>,
 }
 
 impl Batcher {
@@ -131,7 +133,17 @@ impl Batcher {
         let services = map.shards().iter().map(&mut start_service).collect();
         stats.shards.store(map.len(), Relaxed);
         let shard_of = HashMap::default();
-        Self { config, map, shard_of, shards, oldest: None, services, start_service, stats }
+        Self {
+            config,
+            map,
+            shard_of,
+            shards,
+            oldest: None,
+            services,
+            start_service,
+            stats,
+            sealed: Vec::new(),
+        }
     }
 
     /// Runs until the source hangs up, then flushes everything, waits for the shard
@@ -175,11 +187,18 @@ impl Batcher {
     }
 
     /// Sends whatever every shard has buffered, without waiting.
+    ///
+    /// Every batch is sealed (its MD5 computed) before the first is sent, so that the
+    /// services receive them within microseconds of each other: sent one by one between
+    /// the digests, each would wake the runtime's thread anew.
     pub fn flush_all(&mut self) {
         self.oldest = None;
-        for i in 0..self.shards.len() {
-            self.flush(i);
+        let mut sealed = std::mem::take(&mut self.sealed);
+        sealed.extend((0..self.shards.len()).filter_map(|i| self.seal(i).map(|b| (i, b))));
+        for (i, batch) in sealed.drain(..) {
+            self.send(i, batch);
         }
+        self.sealed = sealed;
     }
 
     /// Flushes every shard and waits until its service has sent everything.
@@ -299,6 +318,13 @@ impl Batcher {
 
     /// Sends whatever shard `i` has buffered as one batch.
     fn flush(&mut self, i: usize) {
+        if let Some(batch) = self.seal(i) {
+            self.send(i, batch);
+        }
+    }
+
+    /// Takes what shard `i` has buffered as one batch, if anything.
+    fn seal(&mut self, i: usize) -> Option<Batch> {
         let s = &mut self.shards[i];
         let entries = if let Some((data, partition_key)) = s.agg.finish() {
             let receive_times = std::mem::take(&mut s.agg_times);
@@ -308,11 +334,11 @@ impl Batcher {
             s.plain_bytes = 0;
             std::mem::take(&mut s.plain)
         };
-        if entries.is_empty() {
-            return;
-        }
-        let queue = &self.services[i].queue;
-        if let Err(mpsc::error::SendError(batch)) = queue.send(Batch { entries }) {
+        (!entries.is_empty()).then_some(Batch { entries })
+    }
+
+    fn send(&mut self, i: usize, batch: Batch) {
+        if let Err(mpsc::error::SendError(batch)) = self.services[i].queue.send(batch) {
             // The service only goes away when the shutdown deadline has passed.
             let lost: u64 = batch.entries.iter().map(Entry::trades).sum();
             self.stats.drop_trades(Dropped::ShutdownDeadline, lost);
