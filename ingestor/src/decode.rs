@@ -4,10 +4,9 @@
 //! copied as text; any other frame is parsed in place with simd-json
 //! ([`wire::finnhub::decode_with_buffers`]). Either way each valid trade is numbered,
 //! stamped with its receive time and written straight into the [`Chunk`] that carries
-//! user records to the batcher. Nothing is allocated per trade: a
-//! chunk holds the records of one or more frames in two byte buffers, and the batcher
-//! hands emptied chunks back for reuse, so that in the steady state nothing is allocated
-//! per frame either.
+//! user records to the batcher. Nothing is allocated per trade: a chunk holds the records
+//! of one or more frames in two byte buffers, and the batcher hands emptied chunks back
+//! for reuse, so that in the steady state nothing is allocated per frame either.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -56,6 +55,16 @@ impl Chunk {
 
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
+    }
+
+    /// Ends the record whose bytes were just appended to `data`, under partition key `key`.
+    fn end_record(&mut self, key: &str, rt_us: u64) {
+        self.keys.push_str(key);
+        self.records.push(RecordSpan {
+            key_end: self.keys.len() as u32,
+            data_end: self.data.len() as u32,
+            rt_us,
+        });
     }
 
     /// Empties the chunk for reuse; `None` when it grew too big to be worth keeping.
@@ -132,7 +141,7 @@ impl Decoder {
     /// appending its valid trades to `chunk`.
     pub fn decode(&mut self, payload: &mut [u8], rt_us: u64, chunk: &mut Chunk) -> Decoded {
         self.stats.frames.fetch_add(1, Relaxed);
-        if let Some(added) = self.scan(payload, rt_us, chunk) {
+        if let Some(added) = self.scan_frame(payload, rt_us, chunk) {
             self.stats.trades_received.fetch_add(added as u64, Relaxed);
             return if added == 0 { Decoded::Nothing } else { Decoded::Trades(added) };
         }
@@ -141,21 +150,17 @@ impl Decoder {
 
     /// The fast path: a trade frame in the scanner's subset, or `None` with `chunk` and
     /// the numbering as they were.
-    fn scan(&mut self, payload: &[u8], rt_us: u64, chunk: &mut Chunk) -> Option<usize> {
+    fn scan_frame(&mut self, payload: &[u8], rt_us: u64, chunk: &mut Chunk) -> Option<usize> {
         let mark = (chunk.data.len(), chunk.keys.len(), chunk.records.len());
         let first_seq = self.next_seq;
-        // User records run to about one and a half times the frame text of their trades.
+        // User records run to about one and a half times the frame text of their trades;
+        // reserving twice that means one growth at most per frame.
         chunk.data.reserve(payload.len() * 2);
         let (src, next_seq) = (&*self.src, &mut self.next_seq);
         let scanned = scan::trades(payload, |t| {
             record::encode_raw(&mut chunk.data, t, Receipt { src, seq: *next_seq, rt_us });
             *next_seq += 1;
-            chunk.keys.push_str(t.symbol);
-            chunk.records.push(RecordSpan {
-                key_end: chunk.keys.len() as u32,
-                data_end: chunk.data.len() as u32,
-                rt_us,
-            });
+            chunk.end_record(t.symbol, rt_us);
         });
         if scanned.is_none() {
             chunk.data.truncate(mark.0);
@@ -201,12 +206,7 @@ impl Decoder {
                     let receipt = Receipt { src: &self.src, seq: self.next_seq, rt_us };
                     self.next_seq += 1;
                     record::encode(&mut chunk.data, t, receipt);
-                    chunk.keys.push_str(t.symbol);
-                    chunk.records.push(RecordSpan {
-                        key_end: chunk.keys.len() as u32,
-                        data_end: chunk.data.len() as u32,
-                        rt_us,
-                    });
+                    chunk.end_record(t.symbol, rt_us);
                 }
                 if invalid > 0 {
                     let before = self.stats.trades_invalid.fetch_add(invalid, Relaxed);
@@ -370,7 +370,8 @@ mod tests {
                 .collect();
             for t in &texts {
                 let (mut d, _) = decoder();
-                proptest::prop_assert!(d.scan(t.as_bytes(), 1, &mut Chunk::default()).is_some());
+                let scanned = d.scan_frame(t.as_bytes(), 1, &mut Chunk::default());
+                proptest::prop_assert!(scanned.is_some());
             }
             let (fast, general) = both_paths(&texts);
             proptest::prop_assert_eq!(records(&fast), records(&general));
